@@ -1,0 +1,372 @@
+"""The solver loop, written once for every backend.
+
+Stabilisation, chosen by measurement (see ``benchmarks/RESULTS.md``): kernel-mode
+Sinkhorn on a stabilised kernel, with *absorption* of the scalings into
+log-potentials (Schmitzer 2019) whenever they leave ``[e^-tau, e^tau]`` or anything
+non-finite appears. Absorption re-enters through one exact log-domain sweep
+(:meth:`Backend.log_sweep`), which also starts every solve: from the initial (or
+warm-start) column potentials it makes every row exact and moves every column,
+including clusters that no point likes (``lam * S`` of -600 and below), to the right
+scale before the kernel is built. The kernel's rows then sum to 1 and every entry
+that matters for the plan is far above float32's underflow; entries below
+``exp(-86)`` are stored as exact zeros. The kernel iteration costs one read of the
+N x K kernel per sweep (no ``exp``), against an ``exp`` of every entry per sweep
+for a pure log-domain iteration; absorptions are rare (a handful per solve).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ._arrays import array_library
+from ._result import ConvergenceWarning, HeadResult, Result
+from ._sizes import integer_sizes
+from ._validate import (
+    check_lam,
+    check_max_iter,
+    check_positive_float,
+    check_prior,
+    check_score_dtype,
+    check_weights,
+    split_heads,
+)
+from .backends import get_backend, pick_backend
+from .backends._base import Backend
+
+__all__ = ["solve", "assign"]
+
+log = logging.getLogger("sinklabel")
+
+
+def _tau(dtype: Any) -> float:
+    """Largest |log scaling| tolerated before absorbing (see the module docstring)."""
+    return 30.0 if np.dtype(dtype).itemsize <= 4 else 200.0
+
+
+@dataclass
+class _HeadSolution:
+    log_u: Any
+    log_v: Any
+    n_iter: int
+    converged: bool
+    error: float
+    errors: list
+
+
+def _iterate(
+    B: Backend,
+    S: Any,
+    lam: float,
+    c: Any,
+    r: Any,
+    g0: Any,
+    tol: float,
+    max_iter: int,
+    check_every: int,
+) -> _HeadSolution:
+    """Run Sinkhorn on one head until the cluster-marginal error is <= tol (or max_iter)."""
+    xp = B.xp
+    with np.errstate(divide="ignore"):
+        log_c = xp.log(c)
+        log_r = xp.log(r)
+    active = r > 0
+    neg_inf = B.full(r.shape[0], -np.inf, like=r)
+    ones = B.full(r.shape[0], 1.0, like=r)
+    tau = _tau(B.compute_dtype(S))
+    errors: list[float] = []
+    n_iter = 0
+
+    def column_error(log_mass: Any) -> float:
+        # max over active clusters of |mass_k / r_k - 1|; inactive ones hold no mass
+        with np.errstate(invalid="ignore", over="ignore"):
+            rel = xp.where(active, xp.abs(xp.exp(log_mass - xp.where(active, log_r, 0.0)) - 1.0), 0.0)
+        return B.max_float(rel)
+
+    def log_step(g: Any) -> tuple[Any, Any, float]:
+        """One exact log-domain iteration from column potentials g."""
+        a, col_lse = B.log_sweep(S, lam, g, log_c)
+        err = column_error(col_lse)
+        with np.errstate(invalid="ignore"):
+            g_next = xp.where(active, g + log_r - col_lse, neg_inf)
+        return a, g_next, err
+
+    g = xp.where(active, g0, neg_inf)
+    a, b, err = log_step(g)
+    n_iter += 1
+    errors.append(err)
+    if err <= tol or n_iter >= max_iter:
+        return _HeadSolution(log_c + a, g, n_iter, err <= tol, err, errors)
+    Kmat = B.build_kernel(S, lam, a, b)
+    v = ones
+    safe_g = b  # column potentials of the last state known to be finite
+    while n_iter < max_iter:
+        u, acc = B.sweep(Kmat, v, c)
+        n_iter += 1
+        if n_iter % check_every and n_iter < max_iter:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                v = xp.where(active, r / acc, ones)
+            continue
+        rescue_from = None
+        if not (B.all_finite(u) and B.all_finite(acc)):
+            rescue_from = safe_g
+        else:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                err = B.max_float(xp.where(active, xp.abs(v * acc / r - 1.0), 0.0))
+            errors.append(err)
+            if err <= tol:
+                with np.errstate(divide="ignore"):
+                    return _HeadSolution(a + xp.log(u), b + xp.log(v), n_iter, True, err, errors)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                v_next = xp.where(active, r / acc, ones)
+                row_scale = xp.where(c > 0, u / c, ones[:1])
+                log_spread = max(
+                    B.max_float(xp.abs(xp.log(v_next))), B.max_float(xp.abs(xp.log(row_scale)))
+                )
+            if not log_spread <= tau:  # also catches a cluster whose column underflowed
+                rescue_from = b + xp.log(v) if log_spread == np.inf else b + xp.log(v_next)
+            else:
+                v = v_next
+                safe_g = b + xp.log(v)
+        if rescue_from is not None:
+            log.debug("absorbing scalings into log-potentials at iteration %d", n_iter)
+            if n_iter >= max_iter:
+                break
+            g = rescue_from
+            a, b, err = log_step(g)
+            n_iter += 1
+            errors.append(err)
+            if err <= tol:
+                return _HeadSolution(log_c + a, g, n_iter, True, err, errors)
+            Kmat = B.build_kernel(S, lam, a, b, out=Kmat)
+            v = ones
+            safe_g = b
+    # not converged: report the last state with exact rows, i.e. the last checked one
+    final_err = errors[-1]
+    if rescue_from is None:
+        with np.errstate(divide="ignore"):
+            return _HeadSolution(a + xp.log(u), b + xp.log(v), n_iter, False, final_err, errors)
+    return _HeadSolution(log_c + a, g, n_iter, False, final_err, errors)
+
+
+def _warm_start(init: Any, n_heads: int, lam: float, n_clusters: list[int]) -> list[np.ndarray]:
+    """Column log-potentials to start each head from (zeros without ``init``)."""
+    if init is None:
+        return [np.zeros(k) for k in n_clusters]
+    scale = 1.0
+    if isinstance(init, Result):
+        scale = lam / init.lam
+        init = [h.log_v for h in init.heads]
+    elif isinstance(init, HeadResult):
+        init = [init.log_v]
+    elif array_library(init) is not None:
+        init = [init]
+    elif not isinstance(init, (list, tuple)):
+        raise TypeError(
+            "`init` must be a previous Result, a HeadResult, or column log-potentials "
+            f"(an array of shape (n_clusters,) or a list per head); got {type(init).__name__}"
+        )
+    if len(init) != n_heads:
+        raise ValueError(f"`init` holds {len(init)} head(s) but `scores` has {n_heads}")
+    out = []
+    for t, (g, k) in enumerate(zip(init, n_clusters)):
+        if isinstance(g, HeadResult):
+            g = g.log_v
+        lib = array_library(g)
+        if lib == "torch":
+            g = g.detach().cpu().numpy()
+        elif lib == "cupy":
+            g = g.get()
+        g = np.asarray(g, dtype=np.float64)
+        if g.shape != (k,):
+            raise ValueError(
+                f"`init` for head {t} must have shape ({k},) (one potential per cluster); "
+                f"got shape {g.shape}"
+            )
+        if np.isnan(g).any() or np.isposinf(g).any():
+            raise ValueError(f"`init` for head {t} must not contain NaN or +inf")
+        with np.errstate(invalid="ignore"):
+            g = g * scale
+        # only differences between clusters matter; keep the numbers small
+        finite = np.isfinite(g)
+        if finite.any():
+            g = g - g[finite].max()
+        out.append(np.where(finite, g, -np.inf) if not finite.all() else g)
+    return out
+
+
+def solve(
+    scores: Any,
+    lam: float = 25.0,
+    *,
+    tol: float = 1e-3,
+    max_iter: int = 5000,
+    prior: Any = None,
+    weights: Any = None,
+    init: Any = None,
+    backend: str = "auto",
+    check_every: int | None = None,
+) -> Result:
+    """Solve the equipartition (balanced) label assignment of SeLa.
+
+    Finds ``Q = diag(u) exp(lam * S) diag(v)`` with rows summing to the point masses
+    and columns to the cluster masses (``1/K`` each by default), and hard labels
+    ``argmax_k Q[i, k]``.
+
+    Parameters
+    ----------
+    scores : array of shape (n_points, n_clusters), (n_heads, n_points, n_clusters), or list
+        Log-probabilities or logits (a per-row constant changes nothing); ``-inf`` marks a
+        forbidden pair. numpy, torch or cupy; float16/bfloat16 are computed in float32.
+        A list gives one head per array; heads may differ in ``n_clusters``.
+    lam : float, default 25
+        Inverse regularisation (the paper: 25 on ImageNet, 10 on CIFAR).
+    tol : float, default 1e-3
+        Stop when ``max_k |mass_k / r_k - 1| <= tol`` with the point masses exact.
+    max_iter : int, default 5000
+        Sweeps at most, per head; beyond it the head is returned with ``converged=False``
+        and a :class:`ConvergenceWarning`.
+    prior : array of shape (n_clusters,), optional
+        Cluster masses: a probability vector, or integer sizes summing to ``n_points``.
+        Default: the equipartition. For several heads with different ``n_clusters`` pass
+        a list, one per head.
+    weights : array of shape (n_points,), optional
+        Nonnegative point masses (normalised to sum to 1). Default: uniform.
+    init : Result, HeadResult or array of shape (n_clusters,), optional
+        Warm start from a previous solve (its column potentials; rescaled if ``lam``
+        changed).
+    backend : str, default "auto"
+        ``"auto"`` picks the fastest installed backend for the scores' array library.
+    check_every : int, optional
+        Sweeps between convergence checks (default: the backend's, 1 on the CPU).
+
+    Returns
+    -------
+    Result
+
+    Examples
+    --------
+    >>> import numpy as np, sinklabel
+    >>> S = np.log(np.random.default_rng(0).dirichlet(np.ones(4), size=400))
+    >>> res = sinklabel.solve(S, lam=25)
+    >>> res.converged, res.labels.shape
+    (True, (400,))
+    """
+    t0 = time.perf_counter()
+    lam = check_lam(lam)
+    tol = check_positive_float(tol, "tol")
+    max_iter = check_max_iter(max_iter)
+    heads, multi, library = split_heads(scores)
+    name = pick_backend(library) if backend == "auto" else backend
+    B = get_backend(name)
+    if not B.owns(heads[0]):
+        raise TypeError(
+            f"backend {name!r} takes {B.library} arrays but `scores` is a {library} array; "
+            f"use backend='auto' or convert the scores"
+        )
+    every = B.check_every if check_every is None else check_max_iter(check_every)
+    n_points = heads[0].shape[0]
+    n_clusters = [h.shape[1] for h in heads]
+    for t, S in enumerate(heads):
+        check_score_dtype(S, f"scores[{t}]" if multi else "scores")
+    priors = prior if (multi and isinstance(prior, (list, tuple))) else [prior] * len(heads)
+    if len(priors) != len(heads):
+        raise ValueError(f"`prior` holds {len(priors)} vectors but `scores` has {len(heads)} heads")
+    r_host = [
+        check_prior(p, n_points, k, f" (head {t})" if multi else "")
+        for t, (p, k) in enumerate(zip(priors, n_clusters))
+    ]
+    c_host = check_weights(weights, n_points)
+    g0s = _warm_start(init, len(heads), lam, n_clusters)
+    for t, S in enumerate(heads):
+        where = f"scores[{t}]" if multi else "scores"
+        scan = B.scan(S)
+        if scan.nan_at is not None:
+            raise ValueError(f"`{where}` must not contain NaN; found one at {scan.nan_at}")
+        if scan.posinf_at is not None:
+            raise ValueError(f"`{where}` must not contain +inf; found one at {scan.posinf_at}")
+        if scan.dead_row is not None:
+            raise ValueError(
+                f"`{where}` row {scan.dead_row} is -inf for every cluster: "
+                "that point cannot be assigned"
+            )
+        needed = scan.dead_cols[r_host[t][scan.dead_cols] > 0]
+        if needed.size:
+            raise ValueError(
+                f"`{where}` column {int(needed[0])} is -inf for every point: that cluster "
+                f"cannot be reached ({needed.size} such cluster(s)); give it prior 0 or fix the scores"
+            )
+
+    c = B.from_numpy(c_host, like=heads[0])
+    out_heads = []
+    for t, S in enumerate(heads):
+        r = B.from_numpy(r_host[t], like=S)
+        g0 = B.from_numpy(g0s[t], like=S)
+        sol = _iterate(B, S, lam, c, r, g0, tol, max_iter, every)
+        labels = B.argmax(S, lam, sol.log_v)
+        picked = B.to_numpy(B.gather(S, labels))
+        objective = -float(np.dot(c_host, picked)) if np.isfinite(picked[c_host > 0]).all() else np.inf
+        sizes = np.bincount(B.to_numpy(labels), minlength=S.shape[1]).astype(np.int64)
+        out_heads.append(
+            HeadResult(
+                labels=labels,
+                log_u=sol.log_u,
+                log_v=sol.log_v,
+                n_iter=sol.n_iter,
+                converged=sol.converged,
+                error=float(sol.error),
+                errors=np.asarray(sol.errors, dtype=np.float64),
+                objective=objective,
+                sizes=sizes,
+                target_sizes=integer_sizes(n_points, None if prior is None else r_host[t] if not _is_int(priors[t]) else np.asarray(priors[t]), S.shape[1]),
+            )
+        )
+    failed = [t for t, h in enumerate(out_heads) if not h.converged]
+    if failed:
+        worst = max(out_heads[t].error for t in failed)
+        warnings.warn(
+            f"sinklabel: {len(failed)} of {len(out_heads)} head(s) did not converge within "
+            f"max_iter={max_iter} (marginal error {worst:.3g} > tol={tol:g}); increase "
+            "max_iter, relax tol, lower lam, or warm-start with init=",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
+    if multi:
+        labels = _stack([h.labels for h in out_heads], library)
+    else:
+        labels = out_heads[0].labels
+    return Result(
+        heads=tuple(out_heads),
+        labels=labels,
+        lam=lam,
+        tol=tol,
+        backend=B.name,
+        wall_time=time.perf_counter() - t0,
+        multi_head=multi,
+    )
+
+
+def _is_int(p: Any) -> bool:
+    return p is not None and np.asarray(p if array_library(p) != "torch" else p.cpu()).dtype.kind in "iu"
+
+
+def _stack(arrays: list[Any], library: str) -> Any:
+    if library == "torch":
+        import torch
+
+        return torch.stack(arrays)
+    if library == "cupy":
+        import cupy
+
+        return cupy.stack(arrays)
+    return np.stack(arrays)
+
+
+def assign(scores: Any, lam: float = 25.0, **kwargs: Any) -> Any:
+    """Hard labels of :func:`solve` (same arguments): shape (n_points,) or (n_heads, n_points)."""
+    return solve(scores, lam, **kwargs).labels

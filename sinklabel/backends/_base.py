@@ -1,0 +1,112 @@
+"""The backend contract: the primitives that touch the N x K score matrix.
+
+Notation (see :mod:`sinklabel`): scores ``S`` (N x K), ``lam > 0``, point masses ``c``
+(N), cluster masses ``r`` (K). The solver keeps *absorbed* log-potentials ``a`` (N) and
+``b`` (K) and a stabilised kernel
+
+    Kmat[i, k] = exp(lam * S[i, k] + a[i] + b[k])       (0 where that is below ``floor``)
+
+together with scalings ``u`` (N) and ``v`` (K), so that the plan is
+``Q = diag(u) Kmat diag(v)``. A backend knows nothing of tolerances or iteration
+counts; it supplies:
+
+``scan(S)``
+    One read of S: the first NaN / +inf entry, the first all ``-inf`` row, the
+    all ``-inf`` columns. Used for validation before any heavy work.
+``log_sweep(S, lam, g, log_c)``
+    One exact log-domain Sinkhorn row update and the column log-masses, in one pass:
+    ``a_i = -logsumexp_k(lam S_ik + g_k)`` and
+    ``col_lse_k = logsumexp_i(lam S_ik + log_c_i + a_i + g_k)``. Never overflows;
+    used to start, to warm-start, and to rescue the kernel iteration.
+``build_kernel(S, lam, a, b, out)``
+    Write ``Kmat`` (the only N x K array a solve allocates) into ``out`` if given.
+``sweep(Kmat, v, c)``
+    The fused iteration: ``u_i = c_i / sum_k Kmat_ik v_k`` (rows exact) and
+    ``acc_k = sum_i Kmat_ik u_i``; the column masses of the plan are then ``v * acc``.
+``argmax(S, lam, g)`` / ``gather(S, labels)``
+    Hard labels ``argmax_k (lam S_ik + g_k)`` and ``S[i, labels_i]``.
+
+Vectors (length N or K) are float64 arrays of the backend's library on the scores'
+device; ``xp`` is a numpy-like namespace for the few element-wise operations the driver
+does on them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Backend", "Scan"]
+
+
+@dataclass(frozen=True)
+class Scan:
+    """What one read of the scores found (indices are into the head's matrix)."""
+
+    nan_at: tuple[int, int] | None
+    posinf_at: tuple[int, int] | None
+    dead_row: int | None
+    dead_cols: np.ndarray  # int64 indices of all -inf columns
+
+
+class Backend:
+    """Base class; see the module docstring for the contract."""
+
+    name: str = "base"
+    library: str = "numpy"
+    #: how many sweeps between two convergence checks (each check may synchronise a device)
+    check_every: int = 1
+    xp: Any = np
+
+    # -- conversions ------------------------------------------------------------------
+    def owns(self, S: Any) -> bool:
+        """Whether ``S`` already lives in this backend's library."""
+        raise NotImplementedError
+
+    def from_numpy(self, x: np.ndarray, like: Any) -> Any:
+        """A small host array moved next to ``like`` (same library and device)."""
+        raise NotImplementedError
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        raise NotImplementedError
+
+    def compute_dtype(self, S: Any) -> Any:
+        """The dtype of the kernel for scores ``S`` (float32 for half precisions)."""
+        raise NotImplementedError
+
+    def full(self, n: int, value: float, like: Any) -> Any:
+        """A float64 vector of length ``n`` filled with ``value``, next to ``like``."""
+        raise NotImplementedError
+
+    # -- the primitives over the N x K matrix ----------------------------------------
+    def scan(self, S: Any) -> Scan:
+        raise NotImplementedError
+
+    def log_sweep(self, S: Any, lam: float, g: Any, log_c: Any) -> tuple[Any, Any]:
+        raise NotImplementedError
+
+    def build_kernel(self, S: Any, lam: float, a: Any, b: Any, out: Any = None) -> Any:
+        raise NotImplementedError
+
+    def sweep(self, Kmat: Any, v: Any, c: Any) -> tuple[Any, Any]:
+        raise NotImplementedError
+
+    def argmax(self, S: Any, lam: float, g: Any) -> Any:
+        raise NotImplementedError
+
+    def gather(self, S: Any, labels: Any) -> Any:
+        raise NotImplementedError
+
+    # -- small helpers the driver uses (host scalars) ---------------------------------
+    def max_float(self, x: Any) -> float:
+        return float(x.max())
+
+    def all_finite(self, x: Any) -> bool:
+        return bool(self.xp.isfinite(x).all())
+
+    @staticmethod
+    def exp_floor(dtype: Any) -> float:
+        """Exponents below this give kernel entries of exactly 0 (no subnormals)."""
+        return -86.0 if np.dtype(dtype).itemsize <= 4 else -700.0
