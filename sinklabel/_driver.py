@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ._arrays import array_library
+from ._arrays import array_library, device_of
 from ._result import ConvergenceWarning, HeadResult, Result
 from ._sizes import integer_sizes
 from ._validate import (
@@ -98,6 +98,7 @@ def _iterate(
 
     g = xp.where(active, g0, neg_inf)
     a, b, err = log_step(g)
+    log_err = err  # error of the plan (log_c + a, g): rows exact
     n_iter += 1
     errors.append(err)
     if err <= tol or n_iter >= max_iter:
@@ -113,6 +114,7 @@ def _iterate(
                 v = xp.where(active, r / acc, ones)
             continue
         rescue_from = None
+        v_checked = v  # the plan (u, v_checked) has exact rows: it is the one reported
         if not (B.all_finite(u) and B.all_finite(acc)):
             rescue_from = safe_g
         else:
@@ -139,6 +141,7 @@ def _iterate(
                 break
             g = rescue_from
             a, b, err = log_step(g)
+            log_err = err
             n_iter += 1
             errors.append(err)
             if err <= tol:
@@ -150,8 +153,10 @@ def _iterate(
     final_err = errors[-1]
     if rescue_from is None:
         with np.errstate(divide="ignore"):
-            return _HeadSolution(a + xp.log(u), b + xp.log(v), n_iter, False, final_err, errors)
-    return _HeadSolution(log_c + a, g, n_iter, False, final_err, errors)
+            return _HeadSolution(
+                a + xp.log(u), b + xp.log(v_checked), n_iter, False, final_err, errors
+            )
+    return _HeadSolution(log_c + a, g, n_iter, False, log_err, errors)
 
 
 def _warm_start(init: Any, n_heads: int, lam: float, n_clusters: list[int]) -> list[np.ndarray]:
@@ -210,6 +215,7 @@ def solve(
     weights: Any = None,
     init: Any = None,
     backend: str = "auto",
+    device: Any = None,
     check_every: int | None = None,
 ) -> Result:
     """Solve the equipartition (balanced) label assignment of SeLa.
@@ -241,7 +247,13 @@ def solve(
         Warm start from a previous solve (its column potentials; rescaled if ``lam``
         changed).
     backend : str, default "auto"
-        ``"auto"`` picks the fastest installed backend for the scores' array library.
+        ``"auto"`` picks the fastest installed backend for the scores' array library
+        (torch for torch tensors, cupy for cupy arrays; for numpy arrays a CPU backend
+        unless ``device`` names a GPU). ``"torch"`` with numpy scores computes on torch's
+        CPU unless ``device`` says otherwise.
+    device : str or torch.device, optional
+        Where to compute, e.g. ``"cuda"`` or ``"cuda:1"``; default: where the scores
+        are. Results come back in the scores' library and on their device either way.
     check_every : int, optional
         Sweeps between convergence checks (default: the backend's, 1 on the CPU).
 
@@ -262,18 +274,17 @@ def solve(
     tol = check_positive_float(tol, "tol")
     max_iter = check_max_iter(max_iter)
     heads, multi, library = split_heads(scores)
-    name = pick_backend(library) if backend == "auto" else backend
+    home = heads[0]  # results go back to this array's library and device
+    if device is not None and not isinstance(device, str) and type(device).__name__ != "device":
+        raise TypeError(f"`device` must be a string such as 'cuda:0'; got {type(device).__name__}")
+    name = pick_backend(library, device) if backend == "auto" else backend
     B = get_backend(name)
-    if not B.owns(heads[0]):
-        raise TypeError(
-            f"backend {name!r} takes {B.library} arrays but `scores` is a {library} array; "
-            f"use backend='auto' or convert the scores"
-        )
-    every = B.check_every if check_every is None else check_max_iter(check_every)
     n_points = heads[0].shape[0]
     n_clusters = [h.shape[1] for h in heads]
     for t, S in enumerate(heads):
         check_score_dtype(S, f"scores[{t}]" if multi else "scores")
+    heads = [B.adopt(S, device) for S in heads]
+    every = B.checks_every(heads[0]) if check_every is None else check_max_iter(check_every, "check_every")
     priors = prior if (multi and isinstance(prior, (list, tuple))) else [prior] * len(heads)
     if len(priors) != len(heads):
         raise ValueError(f"`prior` holds {len(priors)} vectors but `scores` has {len(heads)} heads")
@@ -314,9 +325,9 @@ def solve(
         sizes = np.bincount(B.to_numpy(labels), minlength=S.shape[1]).astype(np.int64)
         out_heads.append(
             HeadResult(
-                labels=labels,
-                log_u=sol.log_u,
-                log_v=sol.log_v,
+                labels=_hand_back(B, labels, home),
+                log_u=_hand_back(B, sol.log_u, home),
+                log_v=_hand_back(B, sol.log_v, home),
                 n_iter=sol.n_iter,
                 converged=sol.converged,
                 error=float(sol.error),
@@ -352,7 +363,28 @@ def solve(
 
 
 def _is_int(p: Any) -> bool:
-    return p is not None and np.asarray(p if array_library(p) != "torch" else p.cpu()).dtype.kind in "iu"
+    if p is None:
+        return False
+    dtype = p.dtype if array_library(p) is not None else np.asarray(p).dtype
+    return str(dtype).replace("torch.", "").startswith(("int", "uint"))
+
+
+def _hand_back(B: Backend, x: Any, home: Any) -> Any:
+    """A backend's array ``x`` in the library and on the device of the caller's ``home``."""
+    if B.owns(home) and device_of(x) == device_of(home):
+        return x
+    host = B.to_numpy(x)
+    library = array_library(home)
+    if library == "torch":
+        import torch
+
+        return torch.from_numpy(host).to(home.device)
+    if library == "cupy":
+        import cupy
+
+        with cupy.cuda.Device(home.device.id):
+            return cupy.asarray(host)
+    return host
 
 
 def _stack(arrays: list[Any], library: str) -> Any:

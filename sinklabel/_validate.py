@@ -38,11 +38,11 @@ def check_positive_float(value: Any, name: str) -> float:
     return value
 
 
-def check_max_iter(max_iter: Any) -> int:
+def check_max_iter(max_iter: Any, name: str = "max_iter") -> int:
     if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral):
-        raise TypeError(f"`max_iter` must be an integer >= 1; got {type(max_iter).__name__}")
+        raise TypeError(f"`{name}` must be an integer >= 1; got {type(max_iter).__name__}")
     if max_iter < 1:
-        raise ValueError(f"`max_iter` must be >= 1; got {max_iter}")
+        raise ValueError(f"`{name}` must be >= 1; got {max_iter}")
     return int(max_iter)
 
 

@@ -20,6 +20,8 @@ __all__ = ["BACKENDS", "BackendNotAvailable", "available_backends", "get_backend
 # name -> (module, class, pip extra, the library the backend needs)
 BACKENDS: dict[str, tuple[str, str, str, str]] = {
     "numpy": ("sinklabel.backends._numpy", "NumpyBackend", "", "numpy"),
+    "torch": ("sinklabel.backends._torch", "TorchBackend", "torch", "torch"),
+    "cupy": ("sinklabel.backends._cupy", "CupyBackend", "cupy", "cupy"),
 }
 
 
@@ -65,8 +67,23 @@ def available_backends() -> list[str]:
     return names
 
 
-def pick_backend(library: str) -> str:
-    """The ``"auto"`` choice for scores held by ``library``."""
+def pick_backend(library: str, device: object = None) -> str:
+    """The ``"auto"`` choice for scores held by ``library``, to compute on ``device``.
+
+    torch tensors go to the torch backend, cupy arrays to cupy; numpy arrays stay on the
+    CPU unless ``device`` names a GPU (then torch, else cupy).
+    """
+    if library == "numpy" and device is not None and str(device) != "cpu":
+        for name in ("torch", "cupy"):
+            try:
+                get_backend(name)
+            except BackendNotAvailable:
+                continue
+            return name
+        raise BackendNotAvailable(
+            f"device={str(device)!r} needs a GPU backend, and neither torch nor cupy imports; "
+            "install one with: pip install 'sinklabel[torch]' (or 'sinklabel[cupy]')"
+        )
     if library == "numpy":
         for name in ("numba", "numpy"):
             if name in BACKENDS:

@@ -25,6 +25,13 @@ counts; it supplies:
     ``acc_k = sum_i Kmat_ik u_i``; the column masses of the plan are then ``v * acc``.
 ``argmax(S, lam, g)`` / ``gather(S, labels)``
     Hard labels ``argmax_k (lam S_ik + g_k)`` and ``S[i, labels_i]``.
+``adopt(S, device)``
+    The scores as the backend computes on them (its library, on ``device``; ``None``:
+    where they are, or the host for a numpy array); ``TypeError`` for arrays it cannot
+    take. The driver hands results back in the caller's library and device.
+``checks_every(S)``
+    Sweeps between convergence checks for these scores (``check_every`` by default;
+    more on a GPU, where a check synchronises with the host).
 
 Vectors (length N or K) are float64 arrays of the backend's library on the scores'
 device; ``xp`` is a numpy-like namespace for the few element-wise operations the driver
@@ -64,6 +71,31 @@ class Backend:
     def owns(self, S: Any) -> bool:
         """Whether ``S`` already lives in this backend's library."""
         raise NotImplementedError
+
+    def adopt(self, S: Any, device: Any = None) -> Any:
+        """``S`` in this backend's library, on ``device`` (see the module docstring)."""
+        if self.owns(S) and device is None:
+            return S
+        if self.library == "numpy":  # host backends copy torch / cupy arrays to the host
+            if device is not None and str(device) != "cpu":
+                raise ValueError(
+                    f"backend {self.name!r} computes on the CPU; got device={device!r} "
+                    "(use backend='torch' or 'cupy' for a GPU)"
+                )
+            if hasattr(S, "detach"):  # torch: half precisions have no numpy twin
+                S = S.detach()
+                return (S.float() if S.dtype.itemsize < 4 else S).cpu().numpy()
+            if hasattr(S, "get"):  # cupy
+                return S.get()
+            return S
+        raise TypeError(
+            f"backend {self.name!r} takes {self.library} (or numpy) arrays; got "
+            f"{type(S).__module__}.{type(S).__name__}; use backend='auto' or convert the scores"
+        )
+
+    def checks_every(self, S: Any) -> int:
+        """Sweeps between two convergence checks for scores ``S``."""
+        return self.check_every
 
     def from_numpy(self, x: np.ndarray, like: Any) -> Any:
         """A small host array moved next to ``like`` (same library and device)."""

@@ -1,0 +1,77 @@
+"""The SeLa example (examples/sela_train): a smoke run and an exact checkpoint/resume."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("sklearn")
+pytest.importorskip("matplotlib")
+pytest.importorskip("tqdm")
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from examples.sela_train.config import Config  # noqa: E402
+from examples.sela_train.labels import label_schedule, random_balanced_labels, read_labels  # noqa: E402
+from examples.sela_train.train import StopRequested, run  # noqa: E402
+
+
+def tiny(out: Path, **kw) -> Config:
+    """A few hundred cluttered digits, a narrow AlexNet, two epochs, two label steps."""
+    base = dict(out_dir=str(out), threads=1, progress=False, max_train=256, copies=1, epochs=2,
+                batch_size=64, label_steps=2, width=0.125, embed_dim=32, num_clusters=(10, 4),
+                probe_cs=(1.0,))
+    base.update(kw)
+    return Config(**base)
+
+
+def test_schedule_and_initial_labels():
+    assert label_schedule(0, 100) == []
+    assert label_schedule(1, 100) == [100]
+    assert label_schedule(3, 100) == [0, 25, 100]
+    lab = random_balanced_labels(103, (10, 7), seed=0)
+    assert lab.shape == (2, 103)
+    for row, k in zip(lab, (10, 7)):
+        sizes = np.bincount(row, minlength=k)
+        assert sizes.max() - sizes.min() <= 1
+
+
+def test_smoke_two_label_steps(tmp_path):
+    res = run(tiny(tmp_path / "run"))
+    assert [h["step"] for h in res["history"]] == [0, 1]
+    for key in ("knn_test", "probe_test", "nmi", "anmi", "ari", "acc"):
+        assert np.isfinite(res[key]), key
+    assert 0.0 <= res["knn_test"] <= 1.0
+    out = tmp_path / "run"
+    for name in ("metrics.json", "training.png", "cluster_sizes.png", "labels/init.npz",
+                 "labels/step_000.npz", "labels/step_001.npz", "labels/final.npz", "checkpoint.pt"):
+        assert (out / name).exists(), name
+    labels, ks = read_labels(out / "labels" / "final.npz")
+    assert ks == (10, 4) and labels.shape == (2, 256)
+    assert json.loads((out / "metrics.json").read_text())["num_clusters"] == [10, 4]
+
+
+def test_resume_after_label_step_gives_the_same_final_labels(tmp_path):
+    # three label steps at iterations 0, 2 and 8 of 8 (4 batches per epoch): stop after the
+    # mid-epoch step 1, as if killed, then resume
+    kw = dict(label_steps=3)
+    full = run(tiny(tmp_path / "full", **kw))
+    with pytest.raises(StopRequested):
+        run(tiny(tmp_path / "cut", stop_after_label_step=1, **kw))
+    cut = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)
+    assert cut["next_step"] == 2 and 0 < cut["iteration"] < 8
+    resumed = run(tiny(tmp_path / "cut", **kw))
+    a, _ = read_labels(tmp_path / "full" / "labels" / "final.npz")
+    b, _ = read_labels(tmp_path / "cut" / "labels" / "final.npz")
+    np.testing.assert_array_equal(a, b)
+    timeless = lambda h: [{k: v for k, v in r.items() if "time" not in k and k != "seconds"} for r in h]  # noqa: E731
+    assert timeless(resumed["history"]) == timeless(full["history"])
+    assert resumed["epoch_loss"] == full["epoch_loss"]
+    assert resumed["knn_test"] == full["knn_test"]

@@ -1,0 +1,232 @@
+"""The mathematics of the solver: marginals, invariances, POT, the exact LP, warm starts, heads."""
+
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import sinklabel
+from sinklabel.problems import make_scores
+
+from .conftest import assert_marginals
+
+ot = pytest.importorskip("ot")
+
+
+@st.composite
+def problems(draw):
+    k = draw(st.integers(2, 7))
+    n = draw(st.integers(4 * k, 80))
+    seed = draw(st.integers(0, 2**31))
+    lam = draw(st.sampled_from([1.0, 5.0, 10.0, 25.0]))
+    alpha = draw(st.sampled_from([0.5, 1.0, 3.0]))
+    S = np.log(np.random.default_rng(seed).dirichlet(np.full(k, alpha), size=n))
+    return S, lam, seed
+
+
+@settings(max_examples=40, deadline=None)
+@given(problems())
+def test_marginals_hold_to_tolerance(prob):
+    S, lam, _ = prob
+    res = sinklabel.solve(S, lam, tol=1e-4, max_iter=20000)
+    assert res.converged
+    assert_marginals(S, lam, res.heads[0], 1e-4)
+    assert res.labels.shape == (S.shape[0],) and res.labels.dtype == np.int64
+
+
+@settings(max_examples=30, deadline=None)
+@given(problems())
+def test_row_shift_changes_nothing(prob):
+    S, lam, seed = prob
+    shift = np.random.default_rng(seed).normal(0, 5, size=(S.shape[0], 1))
+    a = sinklabel.solve(S, lam, tol=1e-6, max_iter=200000)
+    b = sinklabel.solve(S + shift, lam, tol=1e-6, max_iter=200000)
+    np.testing.assert_allclose(
+        a.log_v - a.log_v.max(), b.log_v - b.log_v.max(), atol=1e-3
+    )
+    np.testing.assert_allclose(a.log_u, b.log_u + lam * shift[:, 0] - (a.log_v.max() - b.log_v.max()), atol=1e-3)
+    _same_labels_up_to_ties(S, lam, a, b)
+
+
+def _same_labels_up_to_ties(S, lam, a, b):
+    """Labels agree except where the two best clusters are within 1e-6 relative."""
+    diff = np.flatnonzero(a.labels != b.labels)
+    X = lam * S + a.log_v
+    for i in diff:
+        assert abs(X[i, a.labels[i]] - X[i, b.labels[i]]) < 1e-3
+
+
+@settings(max_examples=30, deadline=None)
+@given(problems())
+def test_permutations_permute_the_answer(prob):
+    S, lam, seed = prob
+    rng = np.random.default_rng(seed + 1)
+    pi = rng.permutation(S.shape[0])
+    sigma = rng.permutation(S.shape[1])
+    a = sinklabel.solve(S, lam, tol=1e-6, max_iter=200000)
+    b = sinklabel.solve(S[pi][:, sigma], lam, tol=1e-6, max_iter=200000)
+    np.testing.assert_allclose(b.log_v - b.log_v.max(), (a.log_v - a.log_v.max())[sigma], atol=1e-3)
+    relabelled = sigma[b.labels]  # b's label j is cluster sigma[j] of a
+    assert np.mean(relabelled == a.labels[pi]) > 0.97
+
+
+@pytest.mark.parametrize("lam", [1.0, 5.0, 10.0])
+def test_agrees_with_pot_sinkhorn(lam):
+    S = make_scores(300, 8, seed=3, dtype=np.float64)
+    n, k = S.shape
+    P = ot.sinkhorn(np.full(n, 1 / n), np.full(k, 1 / k), -S, 1 / lam, stopThr=1e-12, numItermax=100000)
+    res = sinklabel.solve(S, lam, tol=1e-8, max_iter=100000)
+    Q = np.exp(lam * S + res.log_u[:, None] + res.log_v[None, :])
+    np.testing.assert_allclose(Q, P, rtol=1e-5, atol=1e-10)
+    np.testing.assert_array_equal(res.labels, P.argmax(1))
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("n", [60, 61])
+def test_large_lam_labels_match_the_exact_lp(seed, n):
+    from sinklabel.exact import solve_exact
+
+    S = np.log(np.random.default_rng(seed).dirichlet(np.ones(4), size=n))
+    ex = solve_exact(S)
+    res = sinklabel.solve(S, 100.0, tol=1e-5, max_iter=200000)
+    assert res.converged
+    # as lam grows the plan tends to the LP vertex: the argmax is the LP labelling, up to
+    # the one point that N % K != 0 splits and near-ties
+    assert np.mean(res.labels == ex.labels) >= (0.98 if n % 4 == 0 else 0.95)
+    assert abs(res.objective - ex.objective) <= 0.015 * abs(ex.objective)
+
+
+def test_lam_25_objective_close_to_exact():
+    from sinklabel.exact import solve_exact
+
+    for kind in ["realistic", "collapsed", "neginf"]:
+        S = make_scores(2001, 20, kind=kind, seed=11)
+        ex = solve_exact(S)
+        res = sinklabel.solve(S, 25.0)
+        assert abs(res.objective - ex.objective) <= 0.02 * abs(ex.objective), kind
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", ["realistic", "collapsed", "neginf"])
+@pytest.mark.parametrize("lam", [1.0, 25.0, 1000.0])
+def test_never_nan_and_honest(kind, dtype, lam):
+    S = make_scores(1003, 17, kind=kind, seed=5, dtype=dtype)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = sinklabel.solve(S, lam, max_iter=3000)
+    h = res.heads[0]
+    assert np.isfinite(h.log_u).all() and np.isfinite(h.log_v).all()
+    assert np.isfinite(h.errors).all()
+    assert h.labels.min() >= 0 and h.labels.max() < S.shape[1]
+    assert not np.isneginf(S[np.arange(S.shape[0]), h.labels]).any()
+    conv_warnings = [w for w in caught if issubclass(w.category, sinklabel.ConvergenceWarning)]
+    assert len(conv_warnings) == (0 if h.converged else 1)
+    assert h.converged == (h.error <= 1e-3)
+    # the reported error is the plan's true error, converged or not
+    assert_marginals(S, lam, h, max(h.error, 1e-3))
+
+
+def test_collapsed_clusters_in_float32_get_their_share():
+    # every point gives cluster 0 a log-probability near -40: lam*S ~ -1000, far below exp's range
+    rng = np.random.default_rng(0)
+    S = np.log(rng.dirichlet(np.ones(5), size=500)).astype(np.float32)
+    S[:, 0] = -40.0 + rng.normal(0, 1, 500).astype(np.float32)
+    res = sinklabel.solve(S, 25.0)
+    assert res.converged
+    assert abs(res.sizes[0] - 100) <= 10
+    assert_marginals(S, 25.0, res.heads[0], 1e-3)
+
+
+def test_prior_and_weights():
+    S = make_scores(900, 3, seed=2, dtype=np.float64)
+    prior = np.array([0.5, 0.3, 0.2])
+    w = np.random.default_rng(1).uniform(0.5, 2, 900)
+    res = sinklabel.solve(S, 10.0, prior=prior, weights=w, tol=1e-6)
+    assert_marginals(S, 10.0, res.heads[0], 1e-6, c=w / w.sum(), r=prior)
+    sizes = sinklabel.solve(S, 10.0, prior=np.array([450, 270, 180])).heads[0].target_sizes
+    np.testing.assert_array_equal(sizes, [450, 270, 180])
+
+
+def test_zero_prior_cluster_gets_nobody():
+    S = make_scores(300, 4, seed=2, dtype=np.float64)
+    res = sinklabel.solve(S, 10.0, prior=np.array([0.5, 0.5, 0.0, 0.0]), tol=1e-6)
+    assert res.sizes[2] == 0 and res.sizes[3] == 0
+    assert np.isneginf(res.log_v[2:]).all()
+    assert_marginals(S, 10.0, res.heads[0], 1e-6, r=np.array([0.5, 0.5, 0, 0]))
+
+
+def test_zero_weight_points_are_still_labelled():
+    S = make_scores(200, 4, seed=4, dtype=np.float64)
+    w = np.ones(200)
+    w[:10] = 0
+    res = sinklabel.solve(S, 10.0, weights=w)
+    assert np.isneginf(res.log_u[:10]).all()
+    assert (res.labels[:10] >= 0).all()
+
+
+def test_warm_start_cuts_iterations():
+    S = make_scores(5000, 50, seed=1)
+    noise = np.random.default_rng(2).normal(0, 0.05, S.shape).astype(np.float32)
+    S2 = S + noise
+    cold = sinklabel.solve(S2, 25.0)
+    first = sinklabel.solve(S, 25.0)
+    warm = sinklabel.solve(S2, 25.0, init=first)
+    assert warm.converged and cold.converged
+    assert warm.n_iter * 2 <= cold.n_iter, (warm.n_iter, cold.n_iter)
+    assert np.mean(warm.labels == cold.labels) > 0.99
+    # the same start as bare potentials, and rescaled when lam changes
+    assert sinklabel.solve(S2, 25.0, init=first.log_v).n_iter == warm.n_iter
+    assert sinklabel.solve(S2, 50.0, init=first).converged
+
+
+def test_multi_head_equals_separate_solves():
+    heads = [make_scores(800, k, seed=k) for k in (5, 9, 12)]
+    res = sinklabel.solve(heads, 25.0)
+    assert res.multi_head and len(res.heads) == 3
+    assert res.labels.shape == (3, 800)
+    for t, S in enumerate(heads):
+        one = sinklabel.solve(S, 25.0)
+        np.testing.assert_array_equal(res.heads[t].labels, one.labels)
+        np.testing.assert_allclose(res.heads[t].log_v, one.log_v)
+        assert res.heads[t].n_iter == one.n_iter
+    stacked = np.stack([make_scores(500, 6, seed=s) for s in range(2)])
+    res3 = sinklabel.solve(stacked, 25.0)
+    assert res3.labels.shape == (2, 500)
+    assert isinstance(res3.log_v, tuple) and len(res3.log_v) == 2
+    warm = sinklabel.solve(stacked, 25.0, init=res3)
+    assert warm.n_iter < res3.n_iter
+
+
+def test_assign_returns_the_labels():
+    S = make_scores(400, 4, seed=9)
+    np.testing.assert_array_equal(sinklabel.assign(S, 25.0), sinklabel.solve(S, 25.0).labels)
+
+
+def test_result_is_frozen_and_reports():
+    res = sinklabel.solve(make_scores(100, 4, seed=0), 10.0)
+    with pytest.raises(AttributeError):
+        res.labels = None
+    text = res.report()
+    assert "converged" in text and "numpy" in text
+    assert res.wall_time > 0 and res.backend == "numpy"
+
+
+def test_non_convergence_warns_once_and_says_so():
+    S = make_scores(500, 10, seed=0)
+    with pytest.warns(sinklabel.ConvergenceWarning, match="max_iter=3"):
+        res = sinklabel.solve(S, 25.0, max_iter=3)
+    assert not res.converged and res.n_iter == 3
+    assert res.heads[0].error > 1e-3
+
+
+def test_infeasible_support_is_never_reported_converged():
+    # clusters 0 and 1 can only take point 0, but each needs 1/3 of the mass
+    S = np.full((6, 3), -np.inf)
+    S[:, 2] = 0.0
+    S[0, :] = 0.0
+    with pytest.warns(sinklabel.ConvergenceWarning):
+        res = sinklabel.solve(S, 10.0, max_iter=500)
+    assert not res.converged
+    assert np.isfinite(res.heads[0].errors).all()
