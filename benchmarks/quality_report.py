@@ -43,7 +43,9 @@ def cpu_model() -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--problems", type=int, default=20)
@@ -56,7 +58,10 @@ def main() -> None:
     for fam, (kind, extra) in FAMILIES.items():
         n = args.n + extra
         for dtype in (np.float32, np.float64):
-            stats = {lam: dict(nan=0, conv=0, notconv=0, honest=0, inrange=0, iters=[], gaps=[]) for lam in lams}
+            stats = {
+                lam: dict(nan=0, conv=0, notconv=0, honest=0, inrange=0, iters=[], gaps=[])
+                for lam in lams
+            }
             for p in range(args.problems):
                 S = make_scores(n, args.k, kind=kind, seed=1000 + p, dtype=dtype)
                 exact_obj = solve_exact(S).objective
@@ -66,14 +71,25 @@ def main() -> None:
                         res = sinklabel.solve(S, lam, backend=args.backend)
                     h = res.heads[0]
                     st = stats[lam]
-                    finite = np.isfinite(h.log_u).all() and np.isfinite(h.log_v).all() and np.isfinite(h.errors).all()
+                    finite = (
+                        np.isfinite(h.log_u).all()
+                        and np.isfinite(h.log_v).all()
+                        and np.isfinite(h.errors).all()
+                    )
                     st["nan"] += int(not finite)
                     st["conv"] += int(h.converged)
-                    warned = any(issubclass(w.category, sinklabel.ConvergenceWarning) for w in caught)
+                    warned = any(
+                        issubclass(w.category, sinklabel.ConvergenceWarning) for w in caught
+                    )
                     st["notconv"] += int(not h.converged)
-                    st["honest"] += int(h.converged == (h.error <= res.tol) and warned == (not h.converged))
-                    st["inrange"] += int(h.labels.min() >= 0 and h.labels.max() < args.k
-                                         and np.isfinite(S[np.arange(n), h.labels]).all())
+                    st["honest"] += int(
+                        h.converged == (h.error <= res.tol) and warned == (not h.converged)
+                    )
+                    st["inrange"] += int(
+                        h.labels.min() >= 0
+                        and h.labels.max() < args.k
+                        and np.isfinite(S[np.arange(n), h.labels]).all()
+                    )
                     st["iters"].append(h.n_iter)
                     st["gaps"].append((h.objective - exact_obj) / abs(exact_obj))
             for lam in lams:
@@ -84,7 +100,7 @@ def main() -> None:
                     f"| {st['notconv']} | {st['honest']}/{args.problems} | {st['inrange']}/{args.problems} "
                     f"| {int(np.median(st['iters']))} / {max(st['iters'])} | {gaps.max():.2%} |"
                 )
-            print("\n".join(rows[-len(lams):]), flush=True)
+            print("\n".join(rows[-len(lams) :]), flush=True)
     header = [
         f"## Solver quality sweep ({datetime.date.today().isoformat()})",
         "",

@@ -85,7 +85,9 @@ def _iterate(
     def column_error(log_mass: Any) -> float:
         # max over active clusters of |mass_k / r_k - 1|; inactive ones hold no mass
         with np.errstate(invalid="ignore", over="ignore"):
-            rel = xp.where(active, xp.abs(xp.exp(log_mass - xp.where(active, log_r, 0.0)) - 1.0), 0.0)
+            rel = xp.where(
+                active, xp.abs(xp.exp(log_mass - xp.where(active, log_r, 0.0)) - 1.0), 0.0
+            )
         return B.max_float(rel)
 
     def log_step(g: Any) -> tuple[Any, Any, float]:
@@ -284,7 +286,11 @@ def solve(
     for t, S in enumerate(heads):
         check_score_dtype(S, f"scores[{t}]" if multi else "scores")
     heads = [B.adopt(S, device) for S in heads]
-    every = B.checks_every(heads[0]) if check_every is None else check_max_iter(check_every, "check_every")
+    every = (
+        B.checks_every(heads[0])
+        if check_every is None
+        else check_max_iter(check_every, "check_every")
+    )
     priors = prior if (multi and isinstance(prior, (list, tuple))) else [prior] * len(heads)
     if len(priors) != len(heads):
         raise ValueError(f"`prior` holds {len(priors)} vectors but `scores` has {len(heads)} heads")
@@ -310,7 +316,8 @@ def solve(
         if needed.size:
             raise ValueError(
                 f"`{where}` column {int(needed[0])} is -inf for every point: that cluster "
-                f"cannot be reached ({needed.size} such cluster(s)); give it prior 0 or fix the scores"
+                f"cannot be reached ({needed.size} such cluster(s)); "
+                "give it prior 0 or fix the scores"
             )
 
     c = B.from_numpy(c_host, like=heads[0])
@@ -321,7 +328,9 @@ def solve(
         sol = _iterate(B, S, lam, c, r, g0, tol, max_iter, every)
         labels = B.argmax(S, lam, sol.log_v)
         picked = B.to_numpy(B.gather(S, labels))
-        objective = -float(np.dot(c_host, picked)) if np.isfinite(picked[c_host > 0]).all() else np.inf
+        objective = (
+            -float(np.dot(c_host, picked)) if np.isfinite(picked[c_host > 0]).all() else np.inf
+        )
         sizes = np.bincount(B.to_numpy(labels), minlength=S.shape[1]).astype(np.int64)
         out_heads.append(
             HeadResult(
@@ -334,7 +343,15 @@ def solve(
                 errors=np.asarray(sol.errors, dtype=np.float64),
                 objective=objective,
                 sizes=sizes,
-                target_sizes=integer_sizes(n_points, None if prior is None else r_host[t] if not _is_int(priors[t]) else np.asarray(priors[t]), S.shape[1]),
+                target_sizes=integer_sizes(
+                    n_points,
+                    None
+                    if prior is None
+                    else r_host[t]
+                    if not _is_int(priors[t])
+                    else np.asarray(priors[t]),
+                    S.shape[1],
+                ),
             )
         )
     failed = [t for t, h in enumerate(out_heads) if not h.converged]

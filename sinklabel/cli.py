@@ -1,7 +1,7 @@
 """Command line: ``sinklabel assign`` and ``sinklabel demo``.
 
-    sinklabel assign scores.npy -o labels.npy --lam 25
-    sinklabel demo
+sinklabel assign scores.npy -o labels.npy --lam 25
+sinklabel demo
 """
 
 from __future__ import annotations
@@ -48,9 +48,7 @@ def _load_scores(path: Path, heads: str | None) -> Any:
         try:
             import torch
         except ImportError as exc:
-            raise CLIError(
-                "reading .pt files needs torch: pip install 'sinklabel[torch]'"
-            ) from exc
+            raise CLIError("reading .pt files needs torch: pip install 'sinklabel[torch]'") from exc
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises UnpicklingError for unsafe content
@@ -135,7 +133,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .problems import make_scores
 
     n, k, lam = args.n, args.k, args.lam
-    print(f"sinklabel {__version__} demo: N={n} points, K={k} clusters, lam={lam:g}, seed={args.seed}")
+    print(
+        f"sinklabel {__version__} demo: N={n} points, K={k} clusters, lam={lam:g}, seed={args.seed}"
+    )
     print("scores: realistic log-probabilities (confident, hesitant and near-uniform points;")
     print("        clusters of very unequal popularity), float32\n")
     S = make_scores(n, k, seed=args.seed)
@@ -155,17 +155,30 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             P, log = ot.sinkhorn(
-                np.full(n, 1 / n), np.full(k, 1 / k), -S64, 1 / lam,
-                numItermax=100_000, stopThr=args.tol / k, log=True,
+                np.full(n, 1 / n),
+                np.full(k, 1 / k),
+                -S64,
+                1 / lam,
+                numItermax=100_000,
+                stopThr=args.tol / k,
+                log=True,
             )
     t_pot = time.perf_counter() - t0
     pot_err = float(np.max(np.abs(P.sum(0) * k - 1)))
     pot_labels = P.argmax(1)
     rows.append(
-        ("POT ot.sinkhorn f64", t_pot, pot_err, int(log.get("niter", -1)),
-         exact.objective(S, pot_labels), np.bincount(pot_labels, minlength=k))
+        (
+            "POT ot.sinkhorn f64",
+            t_pot,
+            pot_err,
+            int(log.get("niter", -1)),
+            exact.objective(S, pot_labels),
+            np.bincount(pot_labels, minlength=k),
+        )
     )
-    print(f"{'method':22s} {'time (s)':>9s} {'col. error':>10s} {'iters':>6s} {'objective':>10s}  sizes min/max")
+    print(
+        f"{'method':22s} {'time (s)':>9s} {'col. error':>10s} {'iters':>6s} {'objective':>10s}  sizes min/max"
+    )
     for name, t, err, it, obj, sizes in rows:
         print(f"{name:22s} {t:9.3f} {err:10.2e} {it:6d} {obj:10.5f}  {sizes.min()}/{sizes.max()}")
     print(f"speed-up over POT: {t_pot / res.wall_time:.1f}x\n")
@@ -177,10 +190,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     t_ex = time.perf_counter() - t0
     sub_res = solve(sub, lam, tol=args.tol)
     gap = (sub_res.objective - ex.objective) / abs(ex.objective)
-    print(f"exact LP optimum on the first {m} points (ot.emd, {t_ex:.2f} s): objective {ex.objective:.5f}, "
-          f"sizes {ex.sizes.min()}/{ex.sizes.max()} (exactly balanced)")
-    print(f"sinklabel argmax labels on the same points: objective {sub_res.objective:.5f} "
-          f"({gap:+.2%} vs the optimum), sizes {sub_res.sizes.min()}/{sub_res.sizes.max()}")
+    print(
+        f"exact LP optimum on the first {m} points (ot.emd, {t_ex:.2f} s): objective {ex.objective:.5f}, "
+        f"sizes {ex.sizes.min()}/{ex.sizes.max()} (exactly balanced)"
+    )
+    print(
+        f"sinklabel argmax labels on the same points: objective {sub_res.objective:.5f} "
+        f"({gap:+.2%} vs the optimum), sizes {sub_res.sizes.min()}/{sub_res.sizes.max()}"
+    )
     return 0 if res.converged else 3
 
 
@@ -197,11 +214,17 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--tol", type=float, default=1e-3, help="cluster-marginal tolerance (1e-3)")
     a.add_argument("--max-iter", type=int, default=5000, help="iteration cap per head (5000)")
     a.add_argument("--backend", default="auto", help="auto, numpy, numba, torch, cupy")
-    a.add_argument("--heads", default=None, help="arrays of an .npz/.pt dict to solve as heads: NAME[,NAME...] or all")
+    a.add_argument(
+        "--heads",
+        default=None,
+        help="arrays of an .npz/.pt dict to solve as heads: NAME[,NAME...] or all",
+    )
     a.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     a.set_defaults(func=_cmd_assign)
 
-    d = sub.add_parser("demo", help="solve a realistic generated problem beside POT and the exact LP")
+    d = sub.add_parser(
+        "demo", help="solve a realistic generated problem beside POT and the exact LP"
+    )
     d.add_argument("--n", type=int, default=20_000, help="points (20000)")
     d.add_argument("--k", type=int, default=100, help="clusters (100)")
     d.add_argument("--lam", type=float, default=25.0)
@@ -214,8 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(name)s: %(message)s"
+    )
     try:
         return args.func(args)
     except CLIError as exc:

@@ -68,9 +68,7 @@ def _import_ot() -> Any:
     return ot
 
 
-def solve_exact(
-    scores: Any, *, prior: Any = None, max_iter: int | None = None
-) -> ExactSolution:
+def solve_exact(scores: Any, *, prior: Any = None, max_iter: int | None = None) -> ExactSolution:
     """Exactly balanced labels that maximise ``sum_i S[i, y_i]``.
 
     Parameters

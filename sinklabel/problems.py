@@ -68,7 +68,9 @@ def make_scores(
         rng = np.random.default_rng([seed, b])
         true = rng.choice(n_clusters, size=m, p=popularity)
         group = rng.random(m)
-        boost = np.where(group < 0.2, rng.uniform(5, 10, m), np.where(group < 0.7, rng.uniform(0.5, 3, m), 0.0))
+        boost = np.where(
+            group < 0.2, rng.uniform(5, 10, m), np.where(group < 0.7, rng.uniform(0.5, 3, m), 0.0)
+        )
         spread = np.where(group < 0.7, 1.0, 0.2)
         logits = rng.standard_normal((m, n_clusters)) * spread[:, None] + bias
         logits[np.arange(m), true] += boost

@@ -103,14 +103,18 @@ def test_errors_are_one_line(argv, message, scores_file, tmp_path, capsys, monke
 def test_not_converged_exit_code(scores_file, tmp_path):
     path, _ = scores_file
     with pytest.warns(Warning):
-        assert main(["assign", str(path), "-o", str(tmp_path / "l.npy"), "--max-iter", "2", "-q"]) == 3
+        assert (
+            main(["assign", str(path), "-o", str(tmp_path / "l.npy"), "--max-iter", "2", "-q"]) == 3
+        )
 
 
 def test_demo_runs_end_to_end():
     pytest.importorskip("ot")
     proc = subprocess.run(
         [sys.executable, "-m", "sinklabel", "demo", "--n", "3000", "--k", "30"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     for word in ("POT ot.sinkhorn", "exact LP optimum", "vs the optimum", "speed-up"):

@@ -65,7 +65,9 @@ def test_primitives_match_numpy(name, dtype, kind, n, k):
     K_ref = REF.build_kernel(S_np, 25.0, a_ref, g)
     Kmat = B.build_kernel(S, 25.0, B.from_numpy(a_ref, like=S), B.from_numpy(g, like=S))
     assert host(Kmat).dtype == K_ref.dtype
-    np.testing.assert_allclose(host(Kmat), K_ref, rtol=2e-6 if dtype == np.float32 else 1e-12, atol=0)
+    np.testing.assert_allclose(
+        host(Kmat), K_ref, rtol=2e-6 if dtype == np.float32 else 1e-12, atol=0
+    )
 
     v = np.exp(rng.normal(0, 1, k))
     c = np.full(n, 1.0 / n)
@@ -77,10 +79,16 @@ def test_primitives_match_numpy(name, dtype, kind, n, k):
 
     labels = host(B.argmax(S, 25.0, B.from_numpy(g, like=S)))
     np.testing.assert_array_equal(labels, REF.argmax(S_np, 25.0, g))
-    np.testing.assert_array_equal(host(B.gather(S, B.from_numpy(labels, like=S))), REF.gather(S_np, labels))
+    np.testing.assert_array_equal(
+        host(B.gather(S, B.from_numpy(labels, like=S))), REF.gather(S_np, labels)
+    )
 
     scan, scan_ref = B.scan(S), REF.scan(S_np)
-    assert (scan.nan_at, scan.posinf_at, scan.dead_row) == (scan_ref.nan_at, scan_ref.posinf_at, scan_ref.dead_row)
+    assert (scan.nan_at, scan.posinf_at, scan.dead_row) == (
+        scan_ref.nan_at,
+        scan_ref.posinf_at,
+        scan_ref.dead_row,
+    )
     np.testing.assert_array_equal(scan.dead_cols, scan_ref.dead_cols)
 
 
@@ -93,8 +101,11 @@ def test_scan_finds_bad_entries_like_numpy(name):
     S_np[40, :] = -np.inf
     S_np[:, 5] = -np.inf
     scan, ref = B.scan(to_library(S_np, B.library)), REF.scan(S_np)
-    assert (scan.nan_at, scan.posinf_at, scan.dead_row) == ((17, 3), (250, 1), 40) == (
-        ref.nan_at, ref.posinf_at, ref.dead_row)
+    assert (
+        (scan.nan_at, scan.posinf_at, scan.dead_row)
+        == ((17, 3), (250, 1), 40)
+        == (ref.nan_at, ref.posinf_at, ref.dead_row)
+    )
     np.testing.assert_array_equal(scan.dead_cols, [5])
 
 

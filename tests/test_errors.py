@@ -47,7 +47,9 @@ def test_nan_posinf_and_unreachable():
         sinklabel.solve(bad)
     bad = S.copy()
     bad[:, 2] = -np.inf
-    with pytest.raises(ValueError, match=r"column 2 is -inf for every point: that cluster cannot be reached"):
+    with pytest.raises(
+        ValueError, match=r"column 2 is -inf for every point: that cluster cannot be reached"
+    ):
         sinklabel.solve(bad)
     # an unreachable cluster is fine when the prior gives it no mass
     res = sinklabel.solve(bad, prior=np.array([1 / 3, 1 / 3, 0.0, 1 / 3]))
@@ -70,22 +72,50 @@ def test_nan_posinf_and_unreachable():
         (dict(max_iter=2.5), TypeError, r"`max_iter` must be an integer"),
         (dict(check_every=0), ValueError, r"`check_every` must be >= 1; got 0"),
         (dict(prior=np.array([0.5, 0.5, 0.5, -0.5])), ValueError, r"`prior` must be nonnegative"),
-        (dict(prior=np.array([0.2, 0.2, 0.2, 0.2])), ValueError, r"`prior` must sum to 1 .* got sum 0.8"),
-        (dict(prior=np.array([10, 10, 10, 10])), ValueError, r"integer `prior` \(cluster sizes\) must sum to n_points=50; got sum 40"),
-        (dict(prior=np.ones(3) / 3), ValueError, r"`prior` must have shape \(4,\); got shape \(3,\)"),
+        (
+            dict(prior=np.array([0.2, 0.2, 0.2, 0.2])),
+            ValueError,
+            r"`prior` must sum to 1 .* got sum 0.8",
+        ),
+        (
+            dict(prior=np.array([10, 10, 10, 10])),
+            ValueError,
+            r"integer `prior` \(cluster sizes\) must sum to n_points=50; got sum 40",
+        ),
+        (
+            dict(prior=np.ones(3) / 3),
+            ValueError,
+            r"`prior` must have shape \(4,\); got shape \(3,\)",
+        ),
         (dict(prior=np.array([np.nan, 0.5, 0.25, 0.25])), ValueError, r"`prior` must be finite"),
         (dict(prior=np.zeros(4, dtype=complex)), TypeError, r"`prior` must be real numbers"),
         (dict(prior=np.zeros(4)), ValueError, r"`prior` must sum to 1"),
-        (dict(weights=np.ones(49)), ValueError, r"`weights` must have shape \(50,\); got shape \(49,\)"),
+        (
+            dict(weights=np.ones(49)),
+            ValueError,
+            r"`weights` must have shape \(50,\); got shape \(49,\)",
+        ),
         (dict(weights=-np.ones(50)), ValueError, r"`weights` must be nonnegative"),
         (dict(weights=np.zeros(50)), ValueError, r"`weights` must have a positive entry"),
         (dict(weights=np.full(50, np.inf)), ValueError, r"`weights` must be finite"),
         (dict(backend="fortran"), ValueError, r"`backend` must be one of .* got 'fortran'"),
         (dict(backend=3), TypeError, r"`backend` must be a string"),
-        (dict(init=np.zeros(3)), ValueError, r"`init` for head 0 must have shape \(4,\) .* got shape \(3,\)"),
-        (dict(init=np.array([0, np.nan, 0, 0])), ValueError, r"`init` for head 0 must not contain NaN"),
+        (
+            dict(init=np.zeros(3)),
+            ValueError,
+            r"`init` for head 0 must have shape \(4,\) .* got shape \(3,\)",
+        ),
+        (
+            dict(init=np.array([0, np.nan, 0, 0])),
+            ValueError,
+            r"`init` for head 0 must not contain NaN",
+        ),
         (dict(init="warm"), TypeError, r"`init` must be a previous Result"),
-        (dict(init=[np.zeros(4), np.zeros(4)]), ValueError, r"`init` holds 2 head\(s\) but `scores` has 1"),
+        (
+            dict(init=[np.zeros(4), np.zeros(4)]),
+            ValueError,
+            r"`init` holds 2 head\(s\) but `scores` has 1",
+        ),
     ],
 )
 def test_bad_arguments(kwargs, exc, match):
@@ -101,7 +131,9 @@ def test_prior_list_must_match_heads():
 def test_missing_backend_names_the_extra(monkeypatch):
     from sinklabel import backends
 
-    monkeypatch.setitem(backends.BACKENDS, "ghost", ("sinklabel_ghost_module", "X", "ghost", "ghostlib"))
+    monkeypatch.setitem(
+        backends.BACKENDS, "ghost", ("sinklabel_ghost_module", "X", "ghost", "ghostlib")
+    )
     with pytest.raises(BackendNotAvailable, match=r"pip install 'sinklabel\[ghost\]'"):
         get_backend("ghost")
     assert issubclass(BackendNotAvailable, ValueError)

@@ -39,9 +39,7 @@ def test_prior_sizes_and_largest_remainder():
     S = np.log(np.random.default_rng(3).dirichlet(np.ones(3), size=7))
     ex = solve_exact(S, prior=np.array([4, 2, 1]))
     np.testing.assert_array_equal(ex.sizes, [4, 2, 1])
-    assert ex.objective == pytest.approx(
-        brute_force(S, lambda s: list(s) == [4, 2, 1]), rel=1e-12
-    )
+    assert ex.objective == pytest.approx(brute_force(S, lambda s: list(s) == [4, 2, 1]), rel=1e-12)
     # 7 * [0.5, 0.25, 0.25] = [3.5, 1.75, 1.75] -> remainders .5, .75, .75 -> [3, 2, 2]
     np.testing.assert_array_equal(integer_sizes(7, np.array([0.5, 0.25, 0.25]), 3), [3, 2, 2])
     # ties go to the lower index
