@@ -25,9 +25,20 @@ from examples.sela_train.train import StopRequested, run  # noqa: E402
 
 def tiny(out: Path, **kw) -> Config:
     """A few hundred cluttered digits, a narrow AlexNet, two epochs, two label steps."""
-    base = dict(out_dir=str(out), threads=1, progress=False, max_train=256, copies=1, epochs=2,
-                batch_size=64, label_steps=2, width=0.125, embed_dim=32, num_clusters=(10, 4),
-                probe_cs=(1.0,))
+    base = dict(
+        out_dir=str(out),
+        threads=1,
+        progress=False,
+        max_train=256,
+        copies=1,
+        epochs=2,
+        batch_size=64,
+        label_steps=2,
+        width=0.125,
+        embed_dim=32,
+        num_clusters=(10, 4),
+        probe_cs=(1.0,),
+    )
     base.update(kw)
     return Config(**base)
 
@@ -50,8 +61,16 @@ def test_smoke_two_label_steps(tmp_path):
         assert np.isfinite(res[key]), key
     assert 0.0 <= res["knn_test"] <= 1.0
     out = tmp_path / "run"
-    for name in ("metrics.json", "training.png", "cluster_sizes.png", "labels/init.npz",
-                 "labels/step_000.npz", "labels/step_001.npz", "labels/final.npz", "checkpoint.pt"):
+    for name in (
+        "metrics.json",
+        "training.png",
+        "cluster_sizes.png",
+        "labels/init.npz",
+        "labels/step_000.npz",
+        "labels/step_001.npz",
+        "labels/final.npz",
+        "checkpoint.pt",
+    ):
         assert (out / name).exists(), name
     labels, ks = read_labels(out / "labels" / "final.npz")
     assert ks == (10, 4) and labels.shape == (2, 256)
@@ -71,7 +90,10 @@ def test_resume_after_label_step_gives_the_same_final_labels(tmp_path):
     a, _ = read_labels(tmp_path / "full" / "labels" / "final.npz")
     b, _ = read_labels(tmp_path / "cut" / "labels" / "final.npz")
     np.testing.assert_array_equal(a, b)
-    timeless = lambda h: [{k: v for k, v in r.items() if "time" not in k and k != "seconds"} for r in h]  # noqa: E731
+
+    def timeless(history):
+        return [{k: v for k, v in r.items() if "time" not in k and k != "seconds"} for r in history]
+
     assert timeless(resumed["history"]) == timeless(full["history"])
     assert resumed["epoch_loss"] == full["epoch_loss"]
     assert resumed["knn_test"] == full["knn_test"]
