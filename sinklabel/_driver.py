@@ -248,7 +248,7 @@ def solve(
     init : Result, HeadResult or array of shape (n_clusters,), optional
         Warm start from a previous solve (its column potentials; rescaled if ``lam``
         changed).
-    backend : str, default "auto"
+    backend : str or Backend, default "auto"
         ``"auto"`` picks the fastest installed backend for the scores' array library
         (torch for torch tensors, cupy for cupy arrays; for numpy arrays a CPU backend
         unless ``device`` names a GPU). ``"torch"`` with numpy scores computes on torch's
@@ -279,9 +279,13 @@ def solve(
     home = heads[0]  # results go back to this array's library and device
     if device is not None and not isinstance(device, str) and type(device).__name__ != "device":
         raise TypeError(f"`device` must be a string such as 'cuda:0'; got {type(device).__name__}")
-    name = pick_backend(library, device) if backend == "auto" else backend
-    B = get_backend(name)
-    n_points = heads[0].shape[0]
+    if isinstance(backend, Backend):  # an instance, e.g. sinklabel.distributed's wrapper
+        B = backend
+    else:
+        B = get_backend(pick_backend(library, device) if backend == "auto" else backend)
+    n_local = heads[0].shape[0]
+    # N counts the points of every process sharing the solve (all of them are here in one)
+    n_points = int(B.allsum(np.array([n_local]))[0])
     n_clusters = [h.shape[1] for h in heads]
     for t, S in enumerate(heads):
         check_score_dtype(S, f"scores[{t}]" if multi else "scores")
@@ -298,7 +302,7 @@ def solve(
         check_prior(p, n_points, k, f" (head {t})" if multi else "")
         for t, (p, k) in enumerate(zip(priors, n_clusters))
     ]
-    c_host = check_weights(weights, n_points)
+    c_host = check_weights(weights, n_local, allsum=B.allsum)
     g0s = _warm_start(init, len(heads), lam, n_clusters)
     for t, S in enumerate(heads):
         where = f"scores[{t}]" if multi else "scores"
@@ -327,11 +331,10 @@ def solve(
         g0 = B.from_numpy(g0s[t], like=S)
         sol = _iterate(B, S, lam, c, r, g0, tol, max_iter, every)
         labels = B.argmax(S, lam, sol.log_v)
-        picked = B.to_numpy(B.gather(S, labels))
-        objective = (
-            -float(np.dot(c_host, picked)) if np.isfinite(picked[c_host > 0]).all() else np.inf
-        )
-        sizes = np.bincount(B.to_numpy(labels), minlength=S.shape[1]).astype(np.int64)
+        picked = B.to_numpy(B.gather(S, labels))[c_host > 0]
+        part = np.dot(c_host[c_host > 0], picked) if np.isfinite(picked).all() else -np.inf
+        objective = -float(B.allsum(np.array([part]))[0])  # +inf where a label has S = -inf
+        sizes = B.allsum(np.bincount(B.to_numpy(labels), minlength=S.shape[1]).astype(np.int64))
         out_heads.append(
             HeadResult(
                 labels=_hand_back(B, labels, home),
@@ -349,7 +352,7 @@ def solve(
                     if prior is None
                     else r_host[t]
                     if not _is_int(priors[t])
-                    else np.asarray(priors[t]),
+                    else np.rint(r_host[t] * n_points).astype(np.int64),  # any library
                     S.shape[1],
                 ),
             )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -85,8 +86,20 @@ class TorchBackend(Backend):
         return isinstance(S, torch.Tensor)
 
     def adopt(self, S: Any, device: Any = None) -> torch.Tensor:
+        if device is not None:
+            try:
+                device = torch.device(device)
+            except (RuntimeError, TypeError) as exc:
+                raise ValueError(f"`device` must name a torch device; got {device!r} ({exc})") from None
+            if device.type == "cuda" and not torch.cuda.is_available():
+                raise ValueError(f"`device`={str(device)!r} but torch finds no CUDA device")
         if isinstance(S, np.ndarray):
-            return torch.from_numpy(np.ascontiguousarray(S)).to(device or "cpu")
+            with warnings.catch_warnings():  # read-only arrays: the scores are never written
+                warnings.simplefilter("ignore", UserWarning)
+                S = torch.from_numpy(np.ascontiguousarray(S))
+            return S.to(device or "cpu")
+        if type(S).__module__.startswith("cupy"):
+            S = torch.from_dlpack(S)  # zero-copy, same GPU
         if isinstance(S, torch.Tensor):
             S = S.detach()
             return S if device is None else S.to(device)

@@ -58,8 +58,9 @@ def _sweep_kernel(
         tile = tl.load(ptrs, mask=row_ok[:, None] & col_ok[None, :], other=0.0)
         s = tl.sum(tile * v[None, :], axis=1)
         c = tl.load(c_ptr + rows, mask=row_ok, other=0.0)
+        s = tl.where(row_ok, s, 1.0)
         u = c / s.to(tl.float64)  # rows of diag(u) Kmat diag(v) sum to c
-        u = tl.where(row_ok, u, 0.0)  # padding rows add nothing (0/0 would)
+        u = tl.where(row_ok, u, 0.0)  # padding rows add nothing
         tl.store(u_ptr + rows, u, mask=row_ok)
         acc += tl.sum(tile * u.to(ACC)[:, None], axis=0)
     tl.store(part_ptr + pid * Kc + cols, acc, mask=col_ok)

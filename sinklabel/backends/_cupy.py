@@ -1,0 +1,310 @@
+"""The cupy backend: cupy arrays in and out, on the scores' GPU, without torch.
+
+Kernel ``Kmat`` in float32 (float64 for float64 scores; float16 scores are computed in
+float32); vectors in float64 on the same device; exponents formed in float64, as in
+the numpy reference. The sweep is one CUDA kernel (:data:`_SWEEP_SOURCE`) that reads
+``Kmat`` once: a group of ``TPR`` threads owns a row, holds it in registers (``R``
+entries per thread), reduces ``sum_k Kmat_ik v_k`` with warp shuffles, forms
+``u_i = c_i / sum`` in float64, and adds ``Kmat_ik u_i`` into per-thread column
+accumulators; each row group finally writes its accumulator as one row of a small
+buffer that cupy sums in float64 (deterministic, no atomics). Rows wider than
+``TPR * R`` allows (K > 8192) use two cuBLAS mat-vecs instead.
+
+Not yet run on hardware (see the README); ``benchmarks/gpu_check.py`` checks it
+against the numpy reference.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import cupy
+import numpy as np
+
+from ._base import Backend, Scan
+
+try:
+    _N_DEVICES = cupy.cuda.runtime.getDeviceCount()
+except Exception as exc:  # no driver / no device: the backend is not available
+    raise ImportError(f"cupy imports but finds no CUDA device ({exc})") from exc
+if _N_DEVICES < 1:
+    raise ImportError("cupy imports but finds no CUDA device")
+
+__all__ = ["CupyBackend"]
+
+_BLOCK = 1 << 25  # elements per row block of float64 temporaries (256 MiB)
+_THREADS = 256
+_MAX_R = 32  # columns per thread held in registers: K <= 256 * 32 = 8192 fused
+
+_SWEEP_SOURCE = r"""
+// Kmat (N x Kc, row stride `stride`) of type T; v, c, u double; part (rows, Kc) of type T.
+// Compiled with -DTPR=<threads per row, 32..256, a power of two> -DR=<columns per thread>.
+extern "C" __global__ void sinklabel_sweep(
+    const T* __restrict__ Kmat, const double* __restrict__ v, const double* __restrict__ c,
+    double* __restrict__ u, T* __restrict__ part, long long N, int Kc, long long stride)
+{
+    const int RPB = 256 / TPR;            // rows in flight per block
+    const int g = threadIdx.x / TPR;      // this thread's row group
+    const int lane = threadIdx.x % TPR;   // its place in the row
+    T vr[R];
+    T acc[R];
+#pragma unroll
+    for (int j = 0; j < R; ++j) {
+        const int k = lane + j * TPR;
+        vr[j] = k < Kc ? (T)v[k] : (T)0;  // padding columns: v = 0
+        acc[j] = (T)0;
+    }
+#if TPR > 32
+    __shared__ T red[256 / 32];
+#endif
+    // the loop bound is the same for every thread of the block (needed by __syncthreads)
+    for (long long base = (long long)blockIdx.x * RPB; base < N; base += (long long)gridDim.x * RPB) {
+        const long long i = base + g;
+        const bool live = i < N;
+        const T* row = Kmat + (live ? i : 0) * stride;
+        T x[R];
+        T s = (T)0;
+#pragma unroll
+        for (int j = 0; j < R; ++j) {
+            const int k = lane + j * TPR;
+            x[j] = (live && k < Kc) ? row[k] : (T)0;
+            s += x[j] * vr[j];
+        }
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+#if TPR > 32
+        if ((threadIdx.x & 31) == 0) red[threadIdx.x / 32] = s;
+        __syncthreads();
+        s = (T)0;
+        for (int w = 0; w < TPR / 32; ++w) s += red[g * (TPR / 32) + w];
+        __syncthreads();  // red is rewritten by the next row
+#endif
+        // rows of diag(u) Kmat diag(v) sum to c; padding rows add nothing
+        const double ui = live ? c[i] / (double)s : 0.0;
+        if (live && lane == 0) u[i] = ui;
+        const T ut = (T)ui;
+#pragma unroll
+        for (int j = 0; j < R; ++j) acc[j] += x[j] * ut;
+    }
+    T* out = part + ((long long)blockIdx.x * RPB + g) * Kc;
+#pragma unroll
+    for (int j = 0; j < R; ++j) {
+        const int k = lane + j * TPR;
+        if (k < Kc) out[k] = acc[j];
+    }
+}
+"""
+
+_kernels: dict[tuple[str, int, int], Any] = {}
+
+
+def _sweep_shape(k: int) -> tuple[int, int] | None:
+    """(TPR, R) for rows of ``k`` entries, or None when the row does not fit registers."""
+    tpr = min(_THREADS, max(32, 1 << max(0, math.ceil(math.log2(math.ceil(k / 16))))))
+    r = math.ceil(k / tpr)
+    return (tpr, r) if r <= _MAX_R else None
+
+
+def _sweep_kernel(dtype: np.dtype, tpr: int, r: int) -> Any:
+    key = (dtype.name, tpr, r)
+    if key not in _kernels:
+        ctype = "double" if dtype == np.float64 else "float"
+        _kernels[key] = cupy.RawKernel(
+            f"typedef {ctype} T;\n" + _SWEEP_SOURCE,
+            "sinklabel_sweep",
+            options=(f"-DTPR={tpr}", f"-DR={r}"),
+        )
+    return _kernels[key]
+
+
+_sm_counts: dict[int, int] = {}
+
+
+def _n_sm(device_id: int) -> int:
+    if device_id not in _sm_counts:
+        _sm_counts[device_id] = cupy.cuda.Device(device_id).attributes["MultiProcessorCount"]
+    return _sm_counts[device_id]
+
+
+def _device_id(device: Any) -> int | None:
+    """A CUDA device number from ``"cuda"``, ``"cuda:1"``, ``1`` or a torch.device."""
+    if device is None:
+        return None
+    if isinstance(device, int):
+        return device
+    text = str(device)
+    if text == "cuda":
+        return cupy.cuda.runtime.getDevice()
+    if text.startswith("cuda:") and text[5:].isdigit():
+        return int(text[5:])
+    raise ValueError(f"backend 'cupy' computes on a CUDA device; got device={text!r}")
+
+
+class CupyBackend(Backend):
+    name = "cupy"
+    library = "cupy"
+    check_every = 10  # a check synchronises with the device
+    xp = cupy
+
+    # -- conversions ------------------------------------------------------------------
+    def owns(self, S: Any) -> bool:
+        return isinstance(S, cupy.ndarray)
+
+    def adopt(self, S: Any, device: Any = None) -> Any:
+        dev = _device_id(device)
+        if isinstance(S, cupy.ndarray):
+            if dev is None or dev == S.device.id:
+                return S
+            S = cupy.asnumpy(S)  # to another GPU: through the host (rare)
+        if hasattr(S, "__dlpack__") and type(S).__module__.startswith("torch"):
+            S = S.detach()
+            if S.device.type != "cuda":
+                S = S.numpy() if S.dtype.itemsize >= 4 else S.float().numpy()
+            else:
+                S = cupy.from_dlpack(S if S.dtype.itemsize >= 4 else S.float())
+        if isinstance(S, (np.ndarray, cupy.ndarray)):
+            with cupy.cuda.Device(dev if dev is not None else cupy.cuda.runtime.getDevice()):
+                return cupy.asarray(S)
+        return super().adopt(S, device)
+
+    def from_numpy(self, x: np.ndarray, like: Any) -> Any:
+        with like.device:
+            return cupy.asarray(x)
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        return cupy.asnumpy(x)
+
+    def compute_dtype(self, S: Any) -> np.dtype:
+        return np.dtype(np.float64) if S.dtype == np.float64 else np.dtype(np.float32)
+
+    def full(self, n: Any, value: float, like: Any) -> Any:
+        with like.device:
+            return cupy.full(n, value, dtype=np.float64)
+
+    def max_float(self, x: Any) -> float:
+        return float(x.max())
+
+    def all_finite(self, x: Any) -> bool:
+        return bool(cupy.isfinite(x).all())
+
+    # -- helpers ----------------------------------------------------------------------
+    @staticmethod
+    def _blocks(S: Any):
+        n, k = S.shape
+        step = max(1, _BLOCK // max(k, 1))
+        for start in range(0, n, step):
+            yield slice(start, min(n, start + step))
+
+    # -- the primitives ---------------------------------------------------------------
+    def scan(self, S: Any) -> Scan:
+        with S.device:
+            n, k = S.shape
+            col_alive = cupy.zeros(k, dtype=bool)
+            blocks = list(self._blocks(S))
+            flags = cupy.zeros((len(blocks), 3), dtype=bool)
+            for b, blk in enumerate(blocks):
+                X = S[blk]
+                alive = X > -np.inf  # False for -inf and NaN
+                flags[b, 0] = cupy.isnan(X).any()
+                flags[b, 1] = (X == np.inf).any()
+                flags[b, 2] = (~alive.any(axis=1)).any()
+                col_alive |= alive.any(axis=0)
+            found = cupy.asnumpy(flags)  # one synchronisation
+
+            def first(b: int, mask: Any) -> tuple[int, int]:
+                i, j = (int(t) for t in cupy.asnumpy(cupy.argwhere(mask)[0]))
+                return blocks[b].start + i, j
+
+            nan_at = posinf_at = dead_row = None
+            if found[:, 0].any():
+                b = int(np.argmax(found[:, 0]))
+                nan_at = first(b, cupy.isnan(S[blocks[b]]))
+            if found[:, 1].any():
+                b = int(np.argmax(found[:, 1]))
+                posinf_at = first(b, S[blocks[b]] == np.inf)
+            if found[:, 2].any():
+                b = int(np.argmax(found[:, 2]))
+                rows = ~(S[blocks[b]] > -np.inf).any(axis=1)
+                dead_row = blocks[b].start + int(cupy.argmax(rows))
+            dead_cols = np.flatnonzero(~cupy.asnumpy(col_alive)).astype(np.int64)
+        return Scan(nan_at, posinf_at, dead_row, dead_cols)
+
+    def log_sweep(self, S, lam, g, log_c):
+        with S.device:
+            n, k = S.shape
+            a = cupy.empty(n, dtype=np.float64)
+            col_max = cupy.full(k, -np.inf)
+            col_sum = cupy.zeros(k)
+            for blk in self._blocks(S):
+                X = S[blk].astype(np.float64) * lam
+                X += g
+                m = X.max(axis=1)  # finite: every row reaches an active cluster
+                a[blk] = -(m + cupy.log(cupy.exp(X - m[:, None]).sum(axis=1)))
+                # X becomes log Q with rows summing to c exactly
+                X += (log_c[blk] + a[blk])[:, None]
+                new_max = cupy.maximum(col_max, X.max(axis=0))
+                shift = cupy.where(cupy.isfinite(new_max), new_max, 0.0)
+                col_sum = col_sum * cupy.exp(col_max - shift) + cupy.exp(X - shift).sum(axis=0)
+                col_max = new_max
+            col_lse = cupy.where(col_sum > 0, cupy.log(col_sum) + col_max, -np.inf)
+        return a, col_lse
+
+    def build_kernel(self, S, lam, a, b, out=None):
+        with S.device:
+            n, k = S.shape
+            dtype = self.compute_dtype(S)
+            if out is None:
+                out = cupy.empty((n, k), dtype=dtype)
+            floor = self.exp_floor(dtype)
+            for blk in self._blocks(S):
+                X = S[blk].astype(np.float64) * lam
+                X += a[blk, None]
+                X += b
+                X[~(X >= floor)] = -np.inf  # below the floor (or -inf): exactly 0
+                cupy.exp(X, out=X)
+                out[blk] = X
+        return out
+
+    def sweep(self, Kmat, v, c):
+        n, k = Kmat.shape
+        shape = _sweep_shape(k)
+        with Kmat.device:
+            if shape is None or Kmat.strides[1] != Kmat.itemsize:
+                s = Kmat @ v.astype(Kmat.dtype)
+                u = c / s.astype(np.float64)
+                return u, (u.astype(Kmat.dtype) @ Kmat).astype(np.float64)
+            tpr, r = shape
+            rows_per_block = _THREADS // tpr
+            blocks = min(-(-n // rows_per_block), 4 * _n_sm(Kmat.device.id))
+            u = cupy.empty(n, dtype=np.float64)
+            part = cupy.empty((blocks * rows_per_block, k), dtype=Kmat.dtype)
+            _sweep_kernel(Kmat.dtype, tpr, r)(
+                (blocks,),
+                (_THREADS,),
+                (
+                    Kmat,
+                    cupy.ascontiguousarray(v),
+                    cupy.ascontiguousarray(c),
+                    u,
+                    part,
+                    np.int64(n),
+                    np.int32(k),
+                    np.int64(Kmat.strides[0] // Kmat.itemsize),
+                ),
+            )
+            return u, part.sum(axis=0, dtype=np.float64)
+
+    def argmax(self, S, lam, g):
+        with S.device:
+            n, k = S.shape
+            labels = cupy.empty(n, dtype=np.int64)
+            for blk in self._blocks(S):
+                X = S[blk].astype(np.float64) * lam
+                X += g
+                labels[blk] = X.argmax(axis=1)
+        return labels
+
+    def gather(self, S, labels):
+        with S.device:
+            return S[cupy.arange(S.shape[0]), labels].astype(np.float64)

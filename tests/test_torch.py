@@ -1,0 +1,284 @@
+"""The torch backend: routing, outputs following inputs, half precisions, the Triton kernel.
+
+CPU paths run everywhere; CUDA tests carry the ``gpu`` marker and skip without a GPU.
+The Triton kernel runs here on CPU tensors through ``TRITON_INTERPRET=1``, which must be
+set before Triton is first imported: ``test_triton_interpreter`` re-runs this file's
+``interp`` tests in a subprocess with it set.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import sinklabel
+from sinklabel.backends import BackendNotAvailable, get_backend
+from sinklabel.problems import make_scores
+
+from .conftest import assert_marginals
+
+torch = pytest.importorskip("torch")
+
+INTERP = os.environ.get("TRITON_INTERPRET") == "1"
+CUDA = torch.cuda.is_available()
+needs_cuda = [pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="needs a CUDA device")]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def host(x):
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def assert_matches_numpy(S_np, res, lam, ref=None):
+    """Potentials close, labels equal up to near-ties, marginals within tolerance."""
+    ref = sinklabel.solve(S_np, lam, backend="numpy") if ref is None else ref
+    for h, r, S in zip(res.heads, ref.heads, S_np if ref.multi_head else [S_np]):
+        assert h.converged == r.converged and h.error <= res.tol
+        lv, rv = host(h.log_v), r.log_v
+        np.testing.assert_allclose(lv - lv.max(), rv - rv.max(), atol=5e-3 * lam)
+        labels = host(h.labels)
+        X = lam * np.asarray(S, np.float64) + rv
+        for i in np.flatnonzero(labels != r.labels):  # only near-ties may differ
+            assert X[i, r.labels[i]] - X[i, labels[i]] < 5e-3 * lam
+        assert_marginals(S, lam, type(h)(**{**h.__dict__, "log_u": host(h.log_u), "log_v": lv}), res.tol)
+
+
+# -- routing -------------------------------------------------------------------------
+def test_auto_picks_torch_for_tensors_and_keeps_numpy_on_the_cpu():
+    S = make_scores(300, 6, seed=3)
+    assert sinklabel.solve(torch.from_numpy(S), 25.0).backend == "torch"
+    assert sinklabel.solve(S, 25.0).backend in ("numpy", "numba")
+    assert sinklabel.solve(S, 25.0, device="cpu").backend in ("numpy", "numba")
+
+
+def test_numpy_scores_on_the_torch_backend_come_back_as_numpy():
+    S = make_scores(300, 6, seed=4)
+    res = sinklabel.solve(S, 25.0, backend="torch")
+    assert res.backend == "torch"
+    for x in (res.labels, res.log_u, res.log_v):
+        assert type(x) is np.ndarray
+    assert res.labels.dtype == np.int64 and res.log_v.dtype == np.float64
+    assert_matches_numpy(S, res, 25.0)
+
+
+def test_torch_scores_on_the_numpy_backend_come_back_as_torch():
+    S = make_scores(300, 6, seed=5)
+    res = sinklabel.solve(torch.from_numpy(S).to(torch.bfloat16), 25.0, backend="numpy")
+    assert res.backend == "numpy"
+    assert isinstance(res.labels, torch.Tensor) and res.labels.dtype == torch.int64
+    assert res.log_u.dtype == torch.float64
+
+
+def test_device_cpu_is_accepted_and_bad_devices_are_refused():
+    S = make_scores(200, 4, seed=6)
+    assert sinklabel.solve(S, 10.0, backend="torch", device="cpu").backend == "torch"
+    with pytest.raises(ValueError, match="`device` must name a torch device"):
+        sinklabel.solve(S, 10.0, backend="torch", device="gpu7")
+    with pytest.raises(ValueError, match="computes on the CPU; got device='cuda'"):
+        sinklabel.solve(S, 10.0, backend="numpy", device="cuda")
+    with pytest.raises(TypeError, match="`device` must be a string"):
+        sinklabel.solve(S, 10.0, device=3.5)
+
+
+@pytest.mark.skipif(CUDA, reason="checks the message on a machine without CUDA")
+def test_asking_for_cuda_without_a_gpu_says_so():
+    S = make_scores(200, 4, seed=6)
+    with pytest.raises(ValueError, match="torch finds no CUDA device"):
+        sinklabel.solve(S, 10.0, device="cuda")
+
+
+def test_missing_backends_name_their_extra(monkeypatch):
+    from sinklabel import backends
+
+    for name in ("torch", "cupy"):
+        monkeypatch.delitem(backends._cache, name, raising=False)
+        monkeypatch.setitem(sys.modules, f"sinklabel.backends._{name}", None)
+        with pytest.raises(BackendNotAvailable, match=rf"pip install 'sinklabel\[{name}\]'"):
+            sinklabel.solve(make_scores(50, 3, seed=0), 10.0, backend=name)
+
+
+# -- outputs follow inputs -------------------------------------------------------------
+@pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16", "float16"])
+def test_dtypes_and_half_precisions(dtype):
+    S_np = make_scores(400, 8, kind="collapsed", seed=7)
+    S = torch.from_numpy(S_np).to(getattr(torch, dtype))
+    res = sinklabel.solve(S, 25.0)
+    assert res.labels.dtype == torch.int64 and res.labels.device == S.device
+    assert res.log_u.dtype == res.log_v.dtype == torch.float64
+    # half precisions are computed in float32 from the rounded scores
+    exact = S.to(torch.float64 if dtype == "float64" else torch.float32).numpy()
+    assert_matches_numpy(exact, res, 25.0)
+
+
+def test_multi_head_tensor_and_list():
+    S3 = np.stack([make_scores(300, 6, seed=s) for s in range(3)])
+    res = sinklabel.solve(torch.from_numpy(S3), 10.0)
+    assert res.labels.shape == (3, 300) and isinstance(res.labels, torch.Tensor)
+    assert_matches_numpy(S3, res, 10.0, ref=sinklabel.solve(S3, 10.0, backend="numpy"))
+    heads = [make_scores(300, 4, seed=1), make_scores(300, 9, seed=2)]
+    res = sinklabel.solve([torch.from_numpy(h) for h in heads], 10.0)
+    assert [h.log_v.shape[0] for h in res.heads] == [4, 9]
+
+
+def test_warm_start_from_a_torch_result():
+    S = torch.from_numpy(make_scores(500, 10, seed=8))
+    cold = sinklabel.solve(S, 25.0)
+    warm = sinklabel.solve(S, 25.0, init=cold)
+    assert warm.n_iter < cold.n_iter
+    warm2 = sinklabel.solve(S, 25.0, init=cold.log_v)
+    assert warm2.n_iter == warm.n_iter
+
+
+def test_weights_and_integer_prior_as_tensors():
+    S_np = make_scores(300, 3, seed=9)
+    prior = torch.tensor([100, 120, 80])
+    w = torch.linspace(0.5, 1.5, 300, dtype=torch.float64)
+    res = sinklabel.solve(torch.from_numpy(S_np), 10.0, prior=prior, weights=w)
+    ref = sinklabel.solve(S_np, 10.0, prior=prior.numpy(), weights=w.numpy(), backend="numpy")
+    np.testing.assert_array_equal(res.heads[0].target_sizes, [100, 120, 80])
+    np.testing.assert_allclose(
+        host(res.log_v) - host(res.log_v).max(), ref.log_v - ref.log_v.max(), atol=0.05
+    )
+
+
+def test_checks_every_sweep_on_the_cpu_and_tf32_flag_untouched():
+    B = get_backend("torch")
+    assert B.checks_every(torch.zeros(2, 2)) == 1
+    saved = torch.backends.cuda.matmul.allow_tf32
+    sinklabel.solve(torch.from_numpy(make_scores(100, 3, seed=0)), 10.0)
+    assert torch.backends.cuda.matmul.allow_tf32 == saved
+
+
+def test_plain_path_when_triton_is_switched_off(monkeypatch):
+    from sinklabel.backends import _torch
+
+    monkeypatch.setattr(_torch, "USE_TRITON", "0")
+    assert _torch.TorchBackend._use_triton(torch.zeros(1)) is None
+    S = make_scores(300, 6, seed=10)
+    assert_matches_numpy(S, sinklabel.solve(torch.from_numpy(S), 25.0), 25.0)
+
+
+# -- the Triton kernel under the interpreter (CPU) -----------------------------------
+def test_triton_interpreter():
+    """Run the ``interp`` tests below in a fresh process with TRITON_INTERPRET=1."""
+    pytest.importorskip("triton")
+    if INTERP:
+        pytest.skip("already under the interpreter: the interp tests run in this process")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "SINKLABEL_TRITON": "auto"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-k",
+            "interp_",
+            str(Path(__file__)),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert " passed" in proc.stdout and "skipped" not in proc.stdout.splitlines()[-1]
+
+
+interp = pytest.mark.skipif(not INTERP, reason="needs TRITON_INTERPRET=1 (see test_triton_interpreter)")
+
+
+@interp
+@pytest.mark.parametrize("n,k", [(1, 1), (37, 5), (300, 64), (129, 300), (40, 3000)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_interp_fused_sweep_matches_numpy(n, k, dtype):
+    from sinklabel.backends import _triton
+
+    rng = np.random.default_rng(n * k)
+    K = np.exp(rng.normal(0, 2, (n, k))) * (rng.random((n, k)) > 0.2)
+    K[:, 0] += 1e-3  # every row has mass
+    K = K.astype(np.float64 if dtype == torch.float64 else np.float32)
+    v = np.exp(rng.normal(0, 1, k))
+    c = rng.random(n) / n
+    u_ref, acc_ref = get_backend("numpy").sweep(K, v, c)
+    u, acc = _triton.sweep(torch.from_numpy(K), torch.from_numpy(v), torch.from_numpy(c))
+    assert u.dtype == acc.dtype == torch.float64
+    tol = 2e-6 if dtype == torch.float32 else 1e-13
+    np.testing.assert_allclose(u.numpy(), u_ref, rtol=tol)
+    np.testing.assert_allclose(acc.numpy(), acc_ref, rtol=tol)
+
+
+@interp
+def test_interp_kernel_strided_rows_and_wide_fallback():
+    from sinklabel.backends import _triton
+
+    B = get_backend("torch")
+    big = torch.rand(50, 12, dtype=torch.float32) + 0.1
+    view = big[:, :9]  # row stride 12, not 9
+    v, c = torch.rand(9, dtype=torch.float64) + 0.5, torch.full((50,), 0.02, dtype=torch.float64)
+    u, acc = _triton.sweep(view, v, c)
+    u_ref, acc_ref = get_backend("numpy").sweep(view.contiguous().numpy(), v.numpy(), c.numpy())
+    np.testing.assert_allclose(acc.numpy(), acc_ref, rtol=2e-6)
+    assert not _triton.fits(torch.zeros(2, _triton.MAX_FUSED_K + 1))
+    assert not _triton.fits(torch.zeros(4, 3)[:, ::2])  # column stride 2
+    wide = torch.rand(3, _triton.MAX_FUSED_K + 1)
+    ones_k, ones_n = np.ones(wide.shape[1]), np.ones(3)
+    u, acc = B.sweep(wide, torch.from_numpy(ones_k), torch.from_numpy(ones_n))
+    acc_ref = get_backend("numpy").sweep(wide.numpy(), ones_k, ones_n)[1]
+    np.testing.assert_allclose(acc.numpy(), acc_ref, rtol=2e-6)
+
+
+@interp
+@pytest.mark.parametrize("kind", ["realistic", "collapsed", "neginf"])
+def test_interp_solve_through_triton_matches_numpy(kind, monkeypatch):
+    from sinklabel.backends import _triton
+
+    calls = []
+    real = _triton.sweep
+    monkeypatch.setattr(_triton, "sweep", lambda *a: calls.append(1) or real(*a))
+    S = make_scores(150, 5, kind=kind, seed=11)
+    res = sinklabel.solve(torch.from_numpy(S), 10.0)
+    assert calls, "the fused kernel was not used"
+    assert_matches_numpy(S, res, 10.0)
+
+
+# -- CUDA ------------------------------------------------------------------------------
+@pytest.mark.parametrize("use_triton", ["auto", "0"])
+@pytest.mark.parametrize("kind", ["realistic", "collapsed", "neginf"])
+@pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16"])
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+def test_cuda_matches_numpy(kind, dtype, use_triton, monkeypatch):
+    from sinklabel.backends import _torch
+
+    monkeypatch.setattr(_torch, "USE_TRITON", use_triton)
+    S_np = make_scores(3000, 37, kind=kind, seed=12)
+    S = torch.from_numpy(S_np).to("cuda", getattr(torch, dtype))
+    res = sinklabel.solve(S, 25.0)
+    for x in (res.labels, res.log_u, res.log_v):
+        assert x.device == S.device
+    exact = S.cpu().to(torch.float64 if dtype == "float64" else torch.float32).numpy()
+    assert_matches_numpy(exact, res, 25.0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+def test_cuda_numpy_in_numpy_out_and_tf32_changes_nothing(monkeypatch):
+    from sinklabel.backends import _torch
+
+    S = make_scores(2000, 50, seed=13)
+    res = sinklabel.solve(S, 25.0, device="cuda")
+    assert res.backend == "torch" and type(res.labels) is np.ndarray
+    for use_triton in ("auto", "0"):
+        monkeypatch.setattr(_torch, "USE_TRITON", use_triton)
+        out = []
+        for tf32 in (False, True):
+            monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", tf32)
+            out.append(sinklabel.solve(S, 25.0, device="cuda"))
+        assert out[0].n_iter == out[1].n_iter
+        np.testing.assert_array_equal(out[0].log_v, out[1].log_v)
