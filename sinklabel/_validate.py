@@ -156,12 +156,16 @@ def check_prior(prior: Any, n_points: int, n_clusters: int, head: str) -> np.nda
     return arr.astype(np.float64) / total
 
 
-def check_weights(weights: Any, n_points: int) -> np.ndarray:
-    """Return the point masses ``c`` (float64, sums to 1)."""
+def check_weights(weights: Any, n_points: int, allsum: Any = np.asarray) -> np.ndarray:
+    """Return the point masses ``c`` (float64, sums to 1).
+
+    ``allsum`` sums a host array over the processes sharing a distributed solve (each
+    holding ``n_points`` of the points); the masses then sum to 1 over all of them.
+    """
     if weights is None:
-        return np.full(n_points, 1.0 / n_points)
+        return np.full(n_points, 1.0 / float(allsum(np.array([n_points]))[0]))
     arr = _as_host_vector(weights, "weights", n_points).astype(np.float64)
-    total = arr.sum()
+    total = float(allsum(np.array([arr.sum()]))[0])
     if not total > 0:
         raise ValueError("`weights` must have a positive entry; got all zeros")
     return arr / total

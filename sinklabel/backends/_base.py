@@ -32,6 +32,9 @@ counts; it supplies:
 ``checks_every(S)``
     Sweeps between convergence checks for these scores (``check_every`` by default;
     more on a GPU, where a check synchronises with the host).
+``max_float(x)`` / ``all_finite(x)`` / ``allsum(x)``
+    The host values every decision of the driver is taken on. A distributed backend
+    reduces them over its ranks so that every rank takes the same decision.
 
 Vectors (length N or K) are float64 arrays of the backend's library on the scores'
 device; ``xp`` is a numpy-like namespace for the few element-wise operations the driver
@@ -137,6 +140,15 @@ class Backend:
 
     def all_finite(self, x: Any) -> bool:
         return bool(self.xp.isfinite(x).all())
+
+    def allsum(self, x: Any) -> np.ndarray:
+        """The small host array ``x`` summed over the processes that share this solve.
+
+        In one process that is ``x`` itself; :mod:`sinklabel.distributed`'s backend, whose
+        ranks each hold a shard of the points, sums it over the ranks (point counts,
+        weight totals, objectives, cluster sizes).
+        """
+        return np.asarray(x)
 
     @staticmethod
     def exp_floor(dtype: Any) -> float:
