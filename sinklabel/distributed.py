@@ -1,0 +1,346 @@
+"""Solves and online codes over several processes, through ``torch.distributed``.
+
+Notation as in :mod:`sinklabel`. Each rank ``r`` of a process group holds a shard of the
+points: ``N_r x K`` scores (any array the single-process :func:`sinklabel.solve` takes;
+on NCCL, CUDA torch tensors), ``N = sum_r N_r``. The problem solved is the one of the
+concatenated scores, in rank order.
+
+:func:`solve` / :func:`assign`
+    The single-process driver on every rank, with a backend that runs the rank's own
+    backend on its shard and all-reduces the cluster quantities (see
+    :mod:`sinklabel.backends._distributed`): one all-reduce of K floats per sweep, plus
+    a few scalars at each convergence check. Every rank takes the same decisions at
+    the same sweep and gets the labels (and ``log_u``) of its own points; ``log_v``,
+    ``sizes``, ``objective``, ``n_iter`` and ``converged`` are global and equal on every
+    rank. Masses are global: default point masses are ``1/N``, ``weights`` are
+    normalised by their sum over all ranks, equipartition and integer priors use the
+    global N.
+:func:`batch_codes`
+    SwAV's Sinkhorn-Knopp codes for a batch (Caron et al. 2020), equipartitioned over
+    the global batch, computed in the log domain (no ``exp(scores / temperature)``).
+
+Failures. Every rank must call with the same arguments (checked: ``lam``, ``tol``,
+``prior``, ``init``, ``n_clusters``, dtypes... differ and every rank raises
+``ValueError``). Bad input on one rank (NaN, a dead row, bad weights) makes every rank
+raise, the same ``ValueError`` where the check is global, else the failing rank its own
+error and the others :class:`DistributedError`. A rank whose computation raises or turns
+NaN during the solve makes every rank raise at the next convergence check. A rank that
+dies is noticed by the transport (gloo: at once; NCCL: through its watchdog); a rank
+that hangs, or leaves the solve without an error, holds the others until the process
+group's timeout, ``torch.distributed.init_process_group(..., timeout=timedelta(...))``
+(torch's default is 30 minutes for gloo and 10 for NCCL), after which they raise
+:class:`DistributedError`.
+
+Without an initialised process group (or with one rank) these functions are the
+single-process ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+import zlib
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from . import _driver
+from ._arrays import array_library, device_of
+from ._result import ConvergenceWarning, Result
+from ._validate import (
+    _as_host_vector,
+    check_lam,
+    check_max_iter,
+    check_positive_float,
+    check_score_dtype,
+    split_heads,
+)
+from .backends import get_backend, pick_backend
+from .backends._base import Backend
+from .backends._distributed import DistributedBackend, DistributedError, Exchange
+
+__all__ = ["solve", "assign", "batch_codes", "DistributedError"]
+
+
+def _group_size(group: Any) -> int:
+    """The number of ranks to share the work with (1 without an initialised group)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        if group is not None:
+            raise ValueError("`group` was given but torch.distributed is not initialised")
+        return 1
+    return dist.get_world_size(group)
+
+
+def _host_bytes(x: Any) -> bytes:
+    if x is None:
+        return b"none"
+    if array_library(x) is not None or isinstance(x, (list, tuple)):
+        try:
+            arr = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x)
+        except (TypeError, ValueError):
+            return repr(type(x)).encode()
+        return str(arr.dtype).encode() + str(arr.shape).encode() + arr.tobytes()
+    return repr(x).encode()
+
+
+def solve(
+    scores: Any,
+    lam: float = 25.0,
+    *,
+    tol: float = 1e-3,
+    max_iter: int = 5000,
+    prior: Any = None,
+    weights: Any = None,
+    init: Any = None,
+    backend: str = "auto",
+    device: Any = None,
+    check_every: int | None = None,
+    balanced: bool = False,
+    group: Any = None,
+) -> Result:
+    """:func:`sinklabel.solve` for the points of all ranks of a process group.
+
+    Call it on every rank of ``group`` with that rank's points and the same arguments.
+
+    Parameters
+    ----------
+    scores : array of shape (n_local_points, n_clusters), (n_heads, n_local_points, n_clusters), or list
+        This rank's shard of the scores (at least one point per rank).
+    weights : array of shape (n_local_points,), optional
+        This rank's point masses; normalised by their sum over all ranks.
+    prior, init, lam, tol, max_iter, backend, device, check_every
+        As in :func:`sinklabel.solve`, and equal on every rank. Integer priors sum to the
+        global number of points.
+    balanced : bool, default False
+        Exactly balanced labels are not supported over several ranks yet (``ValueError``).
+    group : torch.distributed.ProcessGroup, optional
+        Default: the default group; without an initialised one, a single-process solve.
+
+    Returns
+    -------
+    Result
+        ``labels`` and ``log_u`` of this rank's points; everything else global and equal
+        on every rank. ``extra["communication"]`` counts what this rank all-reduced
+        (bytes and calls, by kind: ``sweep``, ``decision``, ``log_sweep``, ``scan``,
+        ``setup``).
+
+    Raises
+    ------
+    ValueError
+        On every rank for bad input on any rank where the rule is global, or arguments
+        that differ between ranks.
+    DistributedError
+        On the other ranks when a rank failed, on every rank when a rank produced NaN or
+        the exchange broke (a rank died, or hung past the group's timeout).
+    """
+    world = _group_size(group)
+    kwargs: dict[str, Any] = dict(
+        tol=tol, max_iter=max_iter, prior=prior, weights=weights, init=init, device=device,
+        check_every=check_every,
+    )  # fmt: skip
+    if world == 1:
+        if balanced:
+            kwargs["balanced"] = True
+        return _driver.solve(scores, lam, backend=backend, **kwargs)
+
+    ex = Exchange(group)
+    # Every check the driver makes on this rank alone, made here before the first exchange,
+    # so that a failure is announced to the other ranks instead of leaving them waiting.
+    fingerprint = 0
+    n_local = 0
+    inner: Backend | None = None
+    try:
+        lam = check_lam(lam)
+        check_positive_float(tol, "tol")
+        check_max_iter(max_iter)
+        if check_every is not None:
+            check_max_iter(check_every, "check_every")
+        if balanced:
+            raise ValueError(
+                "`balanced=True` is not supported by sinklabel.distributed yet; use "
+                "balanced=False (argmax labels), or gather the scores and call sinklabel.solve"
+            )
+        heads, multi, library = split_heads(scores)
+        if device is not None and not isinstance(device, str) and type(device).__name__ != "device":
+            raise TypeError(f"`device` must be a string such as 'cuda:0'; got {type(device).__name__}")
+        if isinstance(backend, Backend):
+            inner = backend
+        else:
+            inner = get_backend(pick_backend(library, device) if backend == "auto" else backend)
+        for t, S in enumerate(heads):
+            check_score_dtype(S, f"scores[{t}]" if multi else "scores")
+        n_local = heads[0].shape[0]
+        if weights is not None:
+            _as_host_vector(weights, "weights", n_local)
+        n_clusters = [h.shape[1] for h in heads]
+        g0s = _driver._warm_start(init, len(heads), lam, n_clusters)
+        where = str(device).split(":")[0] if device is not None else device_of(heads[0]).split(":")[0]
+        same = repr(
+            (multi, n_clusters, [str(h.dtype).replace("torch.", "") for h in heads], lam, float(tol),
+             max_iter, check_every, weights is None, inner.name, where)
+        ).encode()  # fmt: skip
+        priors = prior if isinstance(prior, (list, tuple)) else [prior]
+        for part in [same, *(_host_bytes(p) for p in priors), *(g.tobytes() for g in g0s)]:
+            fingerprint = zlib.crc32(part, fingerprint)
+    except Exception as exc:
+        ex.fail(exc)
+    # one exchange: failures, the arguments' fingerprint (max and -min), the shard sizes
+    msg = np.zeros(2 + ex.world)
+    msg[:2] = fingerprint, -fingerprint
+    msg[2 + ex.rank] = n_local
+    out = ex.reduce(msg, "max", "setup").cpu().numpy()
+    ex.check()
+    if out[0] != -out[1]:
+        raise ValueError(
+            "every rank must call sinklabel.distributed.solve with the same arguments "
+            "(lam, tol, max_iter, check_every, prior, init, backend, device type, n_clusters, "
+            "dtypes, and weights given or not); they differ between ranks"
+        )
+    assert inner is not None
+    B = DistributedBackend(inner, ex, offset=int(out[2 : 2 + ex.rank].sum()))
+    res = _driver.solve(scores, lam, backend=B, **kwargs)
+    return dataclasses.replace(res, extra={**res.extra, "communication": ex.stats()})
+
+
+def assign(scores: Any, lam: float = 25.0, **kwargs: Any) -> Any:
+    """Hard labels of this rank's points, from :func:`solve` (same arguments)."""
+    return solve(scores, lam, **kwargs).labels
+
+
+def batch_codes(
+    scores: Any,
+    *,
+    temperature: float = 0.05,
+    n_iter: int = 3,
+    tol: float | None = None,
+    hard: bool = False,
+    group: Any = None,
+) -> Any:
+    """SwAV's equipartitioned codes for a batch, balanced over the global batch.
+
+    The codes are the plan ``Q = exp(scores / temperature + f_i + g_k)`` after
+    ``n_iter`` Sinkhorn-Knopp iterations that start from ``f = g = 0`` and each make the
+    cluster masses equal over the whole batch of every rank, then every row sum to 1
+    (exactly SwAV's ``distributed_sinkhorn``, Caron et al. 2020). Computed in the log
+    domain with max-shifted log-sum-exps: no overflow or NaN in float32 for any finite
+    ``scores / temperature`` (the common copies overflow past about 88). One all-reduce
+    of a max and one of a sum (K floats each) per iteration.
+
+    Parameters
+    ----------
+    scores : array of shape (batch, n_clusters)
+        This rank's scores (e.g. features times prototypes), torch or numpy; ``-inf``
+        marks an excluded pair. Every rank passes the same ``n_clusters`` and options.
+    temperature : float, default 0.05
+        SwAV's epsilon.
+    n_iter : int, default 3
+        Iterations (SwAV: 3); with ``tol``, the most iterations.
+    tol : float, optional
+        Stop once ``max_k |mass_k / (B / K) - 1| <= tol`` over the global batch (``B``
+        points); a :class:`~sinklabel.ConvergenceWarning` if ``n_iter`` did not get there.
+    hard : bool, default False
+        One-hot codes of each row's argmax instead of the soft ones (same shape and type).
+    group : torch.distributed.ProcessGroup, optional
+        Default: the default group when one is initialised, else this batch alone.
+
+    Returns
+    -------
+    codes : array of shape (batch, n_clusters)
+        Rows sum to 1; the scores' library, device and floating dtype; no gradient.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sinklabel.distributed import batch_codes
+    >>> s = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+    >>> q = batch_codes(s, temperature=0.05, n_iter=50, tol=1e-4)
+    >>> bool(np.allclose(q.sum(axis=1), 1, atol=1e-5)), bool(np.allclose(q.sum(axis=0), 16, rtol=1e-3))
+    (True, True)
+    """
+    library = array_library(scores)
+    if library not in ("numpy", "torch"):
+        raise TypeError(f"`scores` must be a torch tensor or numpy array; got {type(scores).__name__}")
+    if scores.ndim != 2 or scores.shape[1] == 0:
+        raise ValueError(
+            f"`scores` must be 2-D of shape (batch, n_clusters); got shape {tuple(scores.shape)}"
+        )
+    dtype_name = str(scores.dtype).replace("torch.", "")
+    if dtype_name not in ("float16", "bfloat16", "float32", "float64"):
+        raise TypeError(f"`scores` must hold floating-point scores; got dtype {dtype_name}")
+    temperature = check_positive_float(temperature, "temperature")
+    n_iter = check_max_iter(n_iter, "n_iter")
+    if tol is not None:
+        tol = check_positive_float(tol, "tol")
+    if not isinstance(hard, (bool, np.bool_)):
+        raise TypeError(f"`hard` must be a bool; got {type(hard).__name__}")
+    ex = Exchange(group) if _group_size(group) > 1 else None
+
+    with torch.no_grad():
+        X = scores.detach() if library == "torch" else torch.from_numpy(np.ascontiguousarray(scores))
+        dtype = torch.float64 if X.dtype == torch.float64 else torch.float32
+        L = X.to(dtype) / temperature
+        row_top = L.amax(dim=1) if L.shape[0] else L[:, 0]
+        bad = torch.isnan(X).any() | torch.isposinf(X).any() | ~torch.isfinite(row_top).all()
+        # centred rows keep the exponents small; f starts at the row maxima, i.e. at the plan
+        # exp(scores / temperature) itself, as SwAV does
+        f = torch.where(torch.isfinite(row_top), row_top, torch.zeros_like(row_top))
+        L = L - f[:, None]
+        n, k = L.shape
+        g = torch.zeros(k, dtype=dtype, device=L.device)
+        Z = L  # L + g of the last row step
+
+        def column_lse(f: torch.Tensor) -> tuple[torch.Tensor, float]:
+            """log of the column masses of exp(L + f) over the global batch, and its size."""
+            local = torch.logsumexp(L + f[:, None], dim=0)
+            if ex is None:
+                return local, float(n)
+            top = ex.reduce(local, "max", "codes", nan=bad).to(L.device, dtype)
+            shift = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+            size = torch.tensor([float(n)], dtype=torch.float64, device=L.device)
+            part = torch.cat([torch.exp(local - shift).to(torch.float64), size])
+            total = ex.reduce(part, "sum", "codes").to(L.device)
+            mass = total[:-1].to(dtype)
+            lse = torch.where(mass > 0, torch.log(mass) + shift, torch.full_like(mass, -np.inf))
+            return lse, float(total[-1]) if tol is not None else 0.0
+
+        converged = tol is None
+        for it in range(n_iter):
+            col, n_total = column_lse(f)
+            if tol is not None and it > 0:
+                reach = torch.isfinite(col)
+                rel = torch.exp(col + g - np.log(n_total / k)) - 1.0
+                err = float(torch.where(reach, rel.abs(), torch.zeros_like(rel)).max())
+                if err <= tol:
+                    converged = True
+                    break
+            g = torch.where(torch.isfinite(col), -col, torch.zeros_like(col))  # columns equal
+            Z = L + g
+            f = -torch.logsumexp(Z, dim=1)  # rows sum to 1
+        if ex is not None and float(ex.status[1] if not isinstance(ex.status, float) else 0.0):
+            raise ValueError(
+                "`scores` of the batch must be finite or -inf, with a finite entry in every row; "
+                "NaN, +inf or an all -inf row found on some rank"
+            )
+        if ex is None and bool(bad):
+            raise ValueError(
+                "`scores` must be finite or -inf, with a finite entry in every row; "
+                "found NaN, +inf or an all -inf row"
+            )
+        if hard:
+            codes = torch.zeros_like(L)
+            codes[torch.arange(n, device=L.device), (L + g).argmax(dim=1)] = 1.0
+        else:  # exp(Z + f) with f = -logsumexp(Z): rows sum to 1 to float precision
+            codes = torch.softmax(Z, dim=1)
+    if not converged:
+        warnings.warn(
+            f"sinklabel.distributed.batch_codes: cluster masses not within tol={tol:g} after "
+            f"n_iter={n_iter} iterations; raise n_iter or tol",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
+    out_dtype = X.dtype if X.is_floating_point() else dtype
+    if library == "numpy":
+        return codes.to(out_dtype).numpy()
+    return codes.to(out_dtype)

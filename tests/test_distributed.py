@@ -1,0 +1,645 @@
+"""sinklabel.distributed on CPU with gloo: solves over 2, 3 and 4 processes, online codes,
+communication per sweep, and failures that must reach every rank.
+
+One session of 4 spawned processes (127.0.0.1 only, one thread each) runs every
+scenario in turn, on the default group (4 ranks) or on subgroups of 2 and 3 ranks, and
+returns what each rank got; the tests below check those results against single-process
+solves of the concatenated scores. Scenarios that break a group come last.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import tempfile
+import time
+import warnings
+from datetime import timedelta
+
+import numpy as np
+import pytest
+
+import sinklabel
+from sinklabel.problems import make_scores
+
+torch = pytest.importorskip("torch")
+dist = pytest.importorskip("torch.distributed")
+if not (dist.is_available() and dist.is_gloo_available()):
+    pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
+
+from sinklabel import distributed as sd  # noqa: E402
+from sinklabel.backends import get_backend  # noqa: E402
+from sinklabel.backends._base import Backend  # noqa: E402
+from sinklabel.backends._distributed import DistributedBackend  # noqa: E402
+
+WORLD = 4
+GROUP_TIMEOUT = 60  # seconds: the default group's timeout in the session
+HANG_TIMEOUT = 3  # seconds: the timeout of the group used to show a hang is bounded
+
+# -- problems: (global scores, shard sizes in rank order, solve keywords) -------------------
+
+
+def shards(x, sizes, rank):
+    start = sum(sizes[:rank])
+    return x[start : start + sizes[rank]]
+
+
+PROBLEMS = {
+    # 2 ranks, numpy float64
+    "eq2": dict(
+        ranks=[0, 1], n=600, k=6, kind="realistic", seed=1, sizes=[473, 127], lam=5.0, dtype=np.float64
+    ),
+    # 3 ranks, torch float32, two heads, one rank with a single point, point weights
+    "eq3": dict(
+        ranks=[0, 1, 2],
+        n=900,
+        k=8,
+        kind="realistic",
+        seed=2,
+        sizes=[1, 517, 382],
+        lam=5.0,
+        heads=2,
+        torch=True,
+        weights=True,
+        tol=1e-2,
+    ),
+    # 4 ranks (default group), float32 at lam 25 with clusters nobody likes: absorptions and
+    # rescues in the first sweeps; an integer prior; capped, so compared unconverged
+    "eq4": dict(
+        ranks=[0, 1, 2, 3],
+        n=400,
+        k=8,
+        kind="collapsed",
+        seed=3,
+        sizes=[150, 2, 171, 77],
+        lam=25.0,
+        int_prior=True,
+        max_iter=80,
+    ),
+}
+
+
+def problem_data(name):
+    p = PROBLEMS[name]
+    heads = [
+        make_scores(p["n"], p["k"], kind=p["kind"], seed=p["seed"] + t, dtype=p.get("dtype", np.float32))
+        for t in range(p.get("heads", 1))
+    ]
+    S = np.stack(heads) if len(heads) > 1 else heads[0]
+    kw = {"lam": p["lam"], **{key: p[key] for key in ("tol", "max_iter") if key in p}}
+    if p.get("weights"):
+        kw["weights"] = np.random.default_rng(p["seed"]).uniform(0.5, 2.0, p["n"])
+    if p.get("int_prior"):
+        r = np.random.default_rng(p["seed"]).dirichlet(np.full(p["k"], 20.0))
+        sizes = np.floor(r * p["n"]).astype(np.int64)
+        sizes[0] += p["n"] - sizes.sum()
+        kw["prior"] = sizes
+    return S, kw
+
+
+def local_problem(name, rank):
+    p = PROBLEMS[name]
+    S, kw = problem_data(name)
+    start = sum(p["sizes"][:rank])
+    S_local = S[..., start : start + p["sizes"][rank], :]  # this rank's points (every head)
+    if "weights" in kw:
+        kw["weights"] = shards(kw["weights"], p["sizes"], rank)
+    if p.get("torch"):
+        S_local = torch.from_numpy(np.ascontiguousarray(S_local))
+    return S_local, kw
+
+
+def host(x):
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+
+
+def summary(res):
+    return {
+        "labels": host(res.labels),
+        "log_v": [host(h.log_v) for h in res.heads],
+        "log_u": [host(h.log_u) for h in res.heads],
+        "sizes": [h.sizes for h in res.heads],
+        "n_iter": [h.n_iter for h in res.heads],
+        "converged": res.converged,
+        "objective": [h.objective for h in res.heads],
+        "type": type(res.labels).__name__,
+        "backend": res.backend,
+        "comm": res.extra.get("communication"),
+    }
+
+
+# -- the scenarios, run by every rank of the session in this order --------------------------
+
+
+class Sabotaged(Backend):
+    """An inner backend that misbehaves on its ``when``-th call of ``method``."""
+
+    def __init__(self, inner, method, when, action):
+        self.inner, self.method, self.when, self.action, self.calls = inner, method, when, action, 0
+        self.name, self.library, self.xp = inner.name, inner.library, inner.xp
+
+    def __getattribute__(self, attr):
+        if attr in ("inner", "method", "when", "action", "calls", "name", "library", "xp", "__dict__"):
+            return object.__getattribute__(self, attr)
+        fn = getattr(self.inner, attr)
+        if attr != self.method:
+            return fn
+
+        def wrapped(*args, **kwargs):
+            self.calls += 1
+            out = fn(*args, **kwargs)
+            return self.action(out) if self.calls >= self.when else out
+
+        return wrapped
+
+
+def boom(out):
+    raise RuntimeError("boom: this rank's sweep failed")
+
+
+def nan_log_sweep(out):
+    a, col = out
+    return a, col * np.nan
+
+
+def die(out):
+    os._exit(7)
+
+
+def scenario_eq(name, rank, group, verify=False):
+    S, kw = local_problem(name, rank)
+    if verify:  # also exchange the decisions taken on cluster vectors, and compare them
+        from sinklabel.backends import _distributed as bd
+
+        saved = bd.DistributedBackend.__init__
+
+        def init(self, *args, **kwargs):
+            saved(self, *args, **kwargs)
+            self.verify = True
+
+        bd.DistributedBackend.__init__ = init
+    try:
+        res = sd.solve(S, group=group, **kw)
+    finally:
+        if verify:
+            bd.DistributedBackend.__init__ = saved
+    if not res.converged:
+        return {"first": summary(res)}
+    # warm start from the distributed result: the same as a single-process warm start
+    again = sd.solve(S, init=res, group=group, **kw)
+    return {"first": summary(res), "again": summary(again)}
+
+
+def scenario_comm(rank, group):
+    """Bytes handed to all_reduce by this rank, counted around torch's own function."""
+    counted = {"bytes": 0, "calls": 0}
+    original = dist.all_reduce
+
+    def counting(tensor, *args, **kwargs):
+        counted["bytes"] += tensor.numel() * tensor.element_size()
+        counted["calls"] += 1
+        return original(tensor, *args, **kwargs)
+
+    out = []
+    dist.all_reduce = counting
+    try:
+        for n, k in [(100, 8), (1000, 8), (100, 64)]:
+            S = make_scores(2 * n, k, seed=k)
+            counted.update(bytes=0, calls=0)
+            res = sd.solve(shards(S, [n, n], rank), lam=10.0, max_iter=MAX_ITER_COMM, group=group)
+            out.append(dict(n=n, k=k, n_iter=res.n_iter, ours=res.extra["communication"], **counted))
+    finally:
+        dist.all_reduce = original
+    return out
+
+
+CODES_SIZES = [5, 17, 9]
+
+
+def codes_data():
+    """(key, global batch scores, keywords) of the batch-codes scenario."""
+    rng = np.random.default_rng(11)
+    big = (rng.normal(size=(31, 6)) * 50).astype(np.float32)  # |s| / temperature up to ~1000
+    mild = rng.normal(size=(31, 6)).astype(np.float32)
+    return [
+        ("big", big, dict(temperature=0.05)),
+        ("mild_tol", mild, dict(temperature=0.5, n_iter=200, tol=1e-5)),
+        ("hard", big, dict(temperature=0.05, hard=True)),
+    ]
+
+
+def scenario_codes(rank, group):
+    out = {}
+    for key, scores, kw in codes_data():
+        local = torch.from_numpy(shards(scores, CODES_SIZES, rank))
+        out[key] = host(sd.batch_codes(local, group=group, **kw))
+    return out
+
+
+def scenario_codes_nan(rank, group):
+    s = torch.randn(4, 5)
+    if rank == 1:
+        s[2, 3] = float("nan")
+    return sd.batch_codes(s, group=group)
+
+
+def scenario_nan_scores(rank, group):
+    S, kw = local_problem("eq4", rank)
+    S = S.copy()
+    if rank == 2:
+        S[5, 3] = np.nan
+    return sd.solve(S, group=group, **kw)
+
+
+def scenario_bad_weights(rank, group):
+    S, kw = local_problem("eq4", rank)
+    w = np.ones(S.shape[0])
+    if rank == 3:
+        w[0] = -1.0
+    return sd.solve(S, weights=w, lam=10.0, max_iter=5, group=group)
+
+
+def scenario_lam_differs(rank, group):
+    S, kw = local_problem("eq4", rank)
+    kw["lam"] = 10.0 if rank != 2 else 11.0
+    return sd.solve(S, group=group, **kw)
+
+
+def scenario_balanced(rank, group):
+    S, kw = local_problem("eq4", rank)
+    return sd.solve(S, balanced=True, group=group, **kw)
+
+
+def scenario_sabotage(problem, backend, method, when, action, victim):
+    def run(rank, group):
+        S, kw = local_problem(problem, rank)
+        inner = get_backend(backend)
+        if rank == victim:
+            inner = Sabotaged(inner, method, when, action)
+        return sd.solve(S, backend=inner, group=group, **kw)
+
+    return run
+
+
+def scenario_hang(rank, group):
+    S, kw = local_problem("eq2", rank)
+    if rank == 1:  # alive, but never joins the solve
+        time.sleep(HANG_TIMEOUT + 2)
+        return "skipped"
+    return sd.solve(S, group=group, **kw)
+
+
+def scenario_small(rank, group):
+    """After every failure above, the default group still carries a solve."""
+    S, kw = local_problem("eq4", rank)
+    return sd.solve(S, group=group, **{**kw, "max_iter": 3}).n_iter
+
+
+MAX_ITER_COMM = 30
+
+SCENARIOS = [
+    # (name, group key, function(rank, group))
+    ("eq2", "g2", lambda r, g: scenario_eq("eq2", r, g)),
+    ("eq3", "g3", lambda r, g: scenario_eq("eq3", r, g)),
+    ("eq4", None, lambda r, g: scenario_eq("eq4", r, g, verify=True)),
+    ("comm", "g2", scenario_comm),
+    ("codes", "g3", scenario_codes),
+    ("codes_nan", None, scenario_codes_nan),
+    ("nan_scores", None, scenario_nan_scores),
+    ("bad_weights", None, scenario_bad_weights),
+    ("lam_differs", None, scenario_lam_differs),
+    ("balanced", None, scenario_balanced),
+    ("raises", None, scenario_sabotage("eq4", "numpy", "sweep", 7, boom, victim=1)),
+    ("nan_midway", "g3", scenario_sabotage("eq3", "torch", "log_sweep", 2, nan_log_sweep, victim=2)),
+    ("small", None, scenario_small),
+    ("hang", "ghang", scenario_hang),
+    ("dies", None, scenario_sabotage("eq4", "numpy", "sweep", 5, die, victim=3)),
+]
+
+
+def _worker(rank, port, out_dir):
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
+        timeout=timedelta(seconds=GROUP_TIMEOUT),
+    )  # fmt: skip
+    groups = {
+        None: None,
+        "g2": dist.new_group([0, 1]),
+        "g3": dist.new_group([0, 1, 2]),
+        "ghang": dist.new_group([0, 1], timeout=timedelta(seconds=HANG_TIMEOUT)),
+    }
+    members = {None: range(WORLD), "g2": [0, 1], "g3": [0, 1, 2], "ghang": [0, 1]}
+    results = {}
+    for name, key, fn in SCENARIOS:
+        if rank not in members[key]:
+            continue
+        t0 = time.perf_counter()
+        try:
+            results[name] = ("ok", fn(rank, groups[key]), time.perf_counter() - t0)
+        except Exception as exc:
+            results[name] = ("raised", type(exc).__name__, str(exc), time.perf_counter() - t0)
+        with open(os.path.join(out_dir, f"{rank}.pkl"), "wb") as fh:
+            pickle.dump(results, fh)
+    os._exit(0)  # the default group is broken by the last scenario: no orderly shutdown
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def session():
+    """Every rank's results, {scenario: ("ok", value, seconds) or ("raised", type, message, seconds)}."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    port = _free_port()
+    with tempfile.TemporaryDirectory() as out_dir:
+        procs = [ctx.Process(target=_worker, args=(r, port, out_dir)) for r in range(WORLD)]
+        for p in procs:
+            p.start()
+        deadline = time.time() + 600
+        for p in procs:
+            p.join(max(1.0, deadline - time.time()))
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+        results = []
+        for r in range(WORLD):
+            with open(os.path.join(out_dir, f"{r}.pkl"), "rb") as fh:
+                results.append(pickle.load(fh))
+    return results
+
+
+# -- the tests over the session ---------------------------------------------------------------
+
+
+def ok(session, name, rank):
+    got = session[rank].get(name)
+    assert got is not None, f"rank {rank} has no result for {name!r}: {session[rank].keys()}"
+    assert got[0] == "ok", f"rank {rank}, {name}: {got}"
+    return got[1]
+
+
+def raised(session, name, rank):
+    got = session[rank].get(name)
+    assert got is not None and got[0] == "raised", f"rank {rank}, {name}: expected an error, got {got}"
+    return got[1], got[2], got[3]
+
+
+def single_process(name, **extra):
+    p = PROBLEMS[name]
+    S, kw = problem_data(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sinklabel.ConvergenceWarning)
+        return S, kw, sinklabel.solve(torch.from_numpy(S) if p.get("torch") else S, **kw, **extra)
+
+
+def assert_same_labels(S, lam, labels, ref_labels, ref_log_v):
+    """>= 99.9 % identical; any other point is a near-tie under the reference potentials."""
+    assert np.mean(labels == ref_labels) >= 0.999
+    diff = np.flatnonzero(labels != ref_labels)
+    if diff.size:
+        X = lam * S[diff].astype(np.float64) + ref_log_v
+        gap = np.abs(X[np.arange(diff.size), labels[diff]] - X[np.arange(diff.size), ref_labels[diff]])
+        assert gap.max() <= 1e-2, gap.max()
+
+
+@pytest.mark.parametrize("name", ["eq2", "eq3", "eq4"])
+def test_distributed_solve_equals_single_process(session, name):
+    p = PROBLEMS[name]
+    S, kw, ref = single_process(name)
+    outs = [ok(session, name, r)["first"] for r in p["ranks"]]
+    heads = S if S.ndim == 3 else S[None]
+    for t, h in enumerate(ref.heads):
+        labels = np.concatenate([np.atleast_2d(o["labels"])[t] for o in outs])
+        assert_same_labels(heads[t], p["lam"], labels, host(h.labels), host(h.log_v))
+        # global quantities: equal on every rank, and to the single-process ones
+        for o in outs:
+            np.testing.assert_array_equal(o["log_v"][t], outs[0]["log_v"][t])
+            np.testing.assert_array_equal(o["sizes"][t], outs[0]["sizes"][t])
+            assert o["n_iter"] == outs[0]["n_iter"] and o["converged"] == outs[0]["converged"]
+            assert o["objective"][t] == outs[0]["objective"][t]
+        np.testing.assert_allclose(outs[0]["log_v"][t], host(h.log_v), atol=1e-4)
+        log_u = np.concatenate([o["log_u"][t] for o in outs])
+        np.testing.assert_allclose(log_u, host(h.log_u), atol=1e-4)
+        assert abs(outs[0]["sizes"][t] - h.sizes).sum() <= 2 * (labels != host(h.labels)).sum()
+        assert outs[0]["sizes"][t].sum() == p["n"]
+        assert outs[0]["objective"][t] == pytest.approx(h.objective, rel=1e-6)
+        assert abs(outs[0]["n_iter"][t] - h.n_iter) <= 1
+    assert outs[0]["converged"] == ref.converged
+    assert outs[0]["type"] == ("Tensor" if p.get("torch") else "ndarray")
+    assert outs[0]["backend"].endswith(f"over gloo ({len(p['ranks'])} ranks)")
+
+
+@pytest.mark.parametrize("name", ["eq2", "eq3"])
+def test_warm_start_from_a_distributed_result(session, name):
+    p = PROBLEMS[name]
+    S, kw, ref = single_process(name)
+    _, _, warm = single_process(name, init=ref)
+    for r in p["ranks"]:
+        assert ok(session, name, r)["again"]["n_iter"] == [h.n_iter for h in warm.heads]
+
+
+def test_communication_per_sweep_is_order_k(session):
+    """Counted around torch.distributed.all_reduce itself: 8 (K + 3) bytes per sweep and
+    32 bytes per convergence check, whatever the number of points."""
+    for rank in (0, 1):
+        runs = ok(session, "comm", rank)
+        for run in runs:
+            ours = run["ours"]
+            assert run["bytes"] == ours["total_bytes"] and run["calls"] == sum(ours["calls"].values())
+            k, sweeps = run["k"], ours["calls"]["sweep"]
+            assert ours["bytes"]["sweep"] == sweeps * 8 * (k + 3)
+            assert ours["bytes"]["decision"] == ours["calls"]["decision"] * 32
+            assert ours["calls"]["decision"] <= run["n_iter"]  # at most one per check
+            per_iter = (ours["bytes"]["sweep"] + ours["bytes"]["decision"]) / run["n_iter"]
+            assert per_iter <= 8 * k + 64
+        by = {(r["n"], r["k"]): r["bytes"] for r in runs}
+        assert by[(100, 8)] == by[(1000, 8)]  # independent of N
+        assert all(r["n_iter"] == MAX_ITER_COMM for r in runs)
+
+
+def test_batch_codes_equal_single_process(session):
+    outs = [ok(session, "codes", r) for r in range(3)]
+    for key, scores, kw in codes_data():
+        got = np.concatenate([o[key] for o in outs])
+        assert got.dtype == np.float32 and np.isfinite(got).all()
+        ref = sd.batch_codes(scores, **kw)
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(got.sum(1), 1.0, rtol=1e-5)
+    mild_codes = np.concatenate([o["mild_tol"] for o in outs])
+    np.testing.assert_allclose(mild_codes.sum(0), 31 / 6, rtol=1e-4)
+
+
+def test_batch_codes_nan_on_one_rank_raises_everywhere(session):
+    for r in range(WORLD):
+        kind, msg, _ = raised(session, "codes_nan", r)
+        assert kind == "ValueError" and "NaN" in msg
+
+
+def test_nan_scores_on_one_rank_raise_on_every_rank(session):
+    for r in range(WORLD):
+        kind, msg, seconds = raised(session, "nan_scores", r)
+        assert kind == "ValueError" and "must not contain NaN" in msg
+        assert "(157, 3)" in msg  # the global row: rank 2's row 5 after 150 + 2 points
+
+
+def test_bad_input_on_one_rank_stops_every_rank(session):
+    kind, msg, _ = raised(session, "bad_weights", 3)
+    assert kind == "ValueError" and "`weights` must be nonnegative" in msg
+    for r in range(3):
+        kind, msg, seconds = raised(session, "bad_weights", r)
+        assert kind == "DistributedError" and "another rank failed" in msg
+        assert seconds < 20
+
+
+def test_arguments_must_agree_across_ranks(session):
+    for r in range(WORLD):
+        kind, msg, _ = raised(session, "lam_differs", r)
+        assert kind == "ValueError" and "same arguments" in msg
+
+
+def test_balanced_is_refused_for_now(session):
+    for r in range(WORLD):
+        kind, msg, _ = raised(session, "balanced", r)
+        assert kind == "ValueError" and "not supported by sinklabel.distributed yet" in msg
+
+
+def test_a_failing_rank_stops_every_rank(session):
+    kind, msg, _ = raised(session, "raises", 1)
+    assert kind == "RuntimeError" and msg.startswith("boom")
+    for r in (0, 2, 3):
+        kind, msg, seconds = raised(session, "raises", r)
+        assert kind == "DistributedError" and "another rank failed" in msg
+        assert seconds < 20
+
+
+def test_nan_from_one_rank_midway_stops_every_rank(session):
+    for r in range(3):
+        kind, msg, seconds = raised(session, "nan_midway", r)
+        assert kind == "DistributedError" and "NaN" in msg
+        assert seconds < 20
+
+
+def test_the_group_still_works_after_those_errors(session):
+    assert [ok(session, "small", r) for r in range(WORLD)] == [3] * WORLD
+
+
+def test_a_hanging_rank_is_bounded_by_the_group_timeout(session):
+    kind, msg, seconds = raised(session, "hang", 0)
+    assert kind == "DistributedError" and "timeout" in msg
+    assert HANG_TIMEOUT * 0.9 <= seconds < HANG_TIMEOUT + 15
+
+
+def test_a_dead_rank_stops_every_other_rank(session):
+    assert "dies" not in session[3]  # it exited in its 5th sweep
+    for r in range(3):
+        kind, msg, seconds = raised(session, "dies", r)
+        assert kind == "DistributedError" and "a rank died" in msg
+        assert seconds < GROUP_TIMEOUT
+
+
+# -- without a process group --------------------------------------------------------------
+
+
+def test_without_a_process_group_it_is_the_single_process_solve():
+    assert not dist.is_initialized()
+    S = make_scores(300, 5, seed=4)
+    a, b = sd.solve(S, lam=10), sinklabel.solve(S, lam=10)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_array_equal(a.log_v, b.log_v)
+    np.testing.assert_array_equal(sd.assign(S, lam=10), b.labels)
+    with pytest.raises(ValueError, match="`group` was given but torch.distributed is not initialised"):
+        sd.solve(S, group=object())
+
+
+def test_a_new_backend_primitive_must_be_taught_to_the_wrapper(monkeypatch):
+    class FakeExchange:
+        pg_name, world = "gloo", 2
+
+    DistributedBackend(get_backend("numpy"), FakeExchange())
+    monkeypatch.setattr(Backend, "new_primitive", lambda self, S: S, raising=False)
+    with pytest.raises(NotImplementedError, match="Backend.new_primitive"):
+        DistributedBackend(get_backend("numpy"), FakeExchange())
+
+
+def swav_reference(scores, temperature, n_iter):
+    """SwAV's own loop (main_swav.py, distributed_sinkhorn) on one process, in float64."""
+    Q = np.exp(np.asarray(scores, np.float64) / temperature).T
+    K, B = Q.shape
+    Q /= Q.sum()
+    for _ in range(n_iter):
+        Q /= Q.sum(axis=1, keepdims=True)
+        Q /= K
+        Q /= Q.sum(axis=0, keepdims=True)
+        Q /= B
+    return (Q * B).T
+
+
+def test_batch_codes_are_swavs_codes():
+    s = np.random.default_rng(0).normal(size=(50, 7))
+    for n_iter in (1, 3, 10):
+        got = sd.batch_codes(s, temperature=0.5, n_iter=n_iter)
+        np.testing.assert_allclose(got, swav_reference(s, 0.5, n_iter), rtol=1e-10)
+    t = torch.from_numpy(s.astype(np.float32))
+    got = sd.batch_codes(t, temperature=0.5)
+    assert isinstance(got, torch.Tensor) and got.dtype == torch.float32 and not got.requires_grad
+    np.testing.assert_allclose(got.numpy(), swav_reference(s, 0.5, 3), rtol=1e-4, atol=1e-7)
+    half = sd.batch_codes(t.to(torch.bfloat16), temperature=0.5)
+    assert half.dtype == torch.bfloat16
+
+
+def test_batch_codes_are_finite_where_swavs_overflow():
+    rng = np.random.default_rng(1)
+    s = (rng.uniform(-1, 1, size=(64, 10)) * 50).astype(np.float32)  # |s| / temperature up to 1000
+    s[:, 3] -= 49.0  # a cluster nobody likes
+    with np.errstate(over="ignore", invalid="ignore"):
+        plain = swav_reference(s.astype(np.float32), 0.05, 3).astype(np.float32)
+        Q = np.exp(s / np.float32(0.05))  # what the common float32 copies compute first
+    assert not np.isfinite(Q).all() and not np.isfinite(plain).all()
+    codes = sd.batch_codes(torch.from_numpy(s), temperature=0.05).numpy()
+    assert np.isfinite(codes).all() and (codes >= 0).all()
+    np.testing.assert_allclose(codes.sum(1), 1.0, rtol=1e-5)
+    exact = sd.batch_codes(s.astype(np.float64), temperature=0.05)
+    np.testing.assert_allclose(codes, exact, atol=1e-4)
+    tight = sd.batch_codes(s / 50, temperature=0.1, n_iter=500, tol=1e-4)
+    np.testing.assert_allclose(tight.sum(0), 6.4, rtol=2e-4)
+
+
+def test_batch_codes_hard_and_excluded_pairs():
+    s = np.random.default_rng(2).normal(size=(40, 4)).astype(np.float32)
+    s[:, 2] = -np.inf  # nobody may take cluster 2
+    soft = sd.batch_codes(s, temperature=0.1)
+    hard = sd.batch_codes(s, temperature=0.1, hard=True)
+    assert np.isfinite(soft).all() and (soft[:, 2] == 0).all()
+    assert hard.dtype == np.float32 and (hard.sum(1) == 1).all()
+    np.testing.assert_array_equal(hard.argmax(1), soft.argmax(1))
+
+
+def test_batch_codes_errors():
+    s = np.zeros((4, 3), np.float32)
+    with pytest.raises(ValueError, match="`temperature` must be finite and > 0"):
+        sd.batch_codes(s, temperature=0)
+    with pytest.raises(ValueError, match="`scores` must be 2-D"):
+        sd.batch_codes(s[None])
+    with pytest.raises(TypeError, match="floating-point"):
+        sd.batch_codes(s.astype(np.int64))
+    with pytest.raises(TypeError, match="torch tensor or numpy array"):
+        sd.batch_codes([[1.0]])
+    with pytest.raises(ValueError, match="`n_iter` must be >= 1"):
+        sd.batch_codes(s, n_iter=0)
+    with pytest.raises(TypeError, match="`hard` must be a bool"):
+        sd.batch_codes(s, hard="yes")
+    bad = s.copy()
+    bad[1, 1] = np.nan
+    with pytest.raises(ValueError, match="found NaN, \\+inf or an all -inf row"):
+        sd.batch_codes(bad)
+    with pytest.warns(sinklabel.ConvergenceWarning, match="raise n_iter or tol"):
+        sd.batch_codes(np.random.default_rng(0).normal(size=(30, 5)), temperature=0.05, n_iter=2, tol=1e-9)
