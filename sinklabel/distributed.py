@@ -70,6 +70,8 @@ def _group_size(group: Any) -> int:
         if group is not None:
             raise ValueError("`group` was given but torch.distributed is not initialised")
         return 1
+    if dist.get_rank(group) < 0:
+        raise ValueError(f"this process (global rank {dist.get_rank()}) is not a member of `group`")
     return dist.get_world_size(group)
 
 
@@ -255,7 +257,7 @@ def batch_codes(
     >>> import numpy as np
     >>> from sinklabel.distributed import batch_codes
     >>> s = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
-    >>> q = batch_codes(s, temperature=0.05, n_iter=50, tol=1e-4)
+    >>> q = batch_codes(s, temperature=0.5, n_iter=100, tol=1e-4)  # alone: no process group
     >>> bool(np.allclose(q.sum(axis=1), 1, atol=1e-5)), bool(np.allclose(q.sum(axis=0), 16, rtol=1e-3))
     (True, True)
     """

@@ -290,6 +290,13 @@ def scenario_hang(rank, group):
     return sd.solve(S, group=group, **kw)
 
 
+def scenario_not_member(rank, group):
+    if rank < 2:
+        return "skipped"
+    S, kw = local_problem("eq4", rank)
+    return sd.solve(S, group=GROUPS["g2"], **kw)  # ranks 2 and 3 are not in it
+
+
 def scenario_small(rank, group):
     """After every failure above, the default group still carries a solve."""
     S, kw = local_problem("eq4", rank)
@@ -297,6 +304,7 @@ def scenario_small(rank, group):
 
 
 MAX_ITER_COMM = 30
+GROUPS: dict = {}  # the session's process groups, by key (set in each worker)
 
 SCENARIOS = [
     # (name, group key, function(rank, group))
@@ -310,6 +318,7 @@ SCENARIOS = [
     ("bad_weights", None, scenario_bad_weights),
     ("lam_differs", None, scenario_lam_differs),
     ("balanced", None, scenario_balanced),
+    ("not_member", None, scenario_not_member),
     ("raises", None, scenario_sabotage("eq4", "numpy", "sweep", 7, boom, victim=1)),
     ("nan_midway", "g3", scenario_sabotage("eq3", "torch", "log_sweep", 2, nan_log_sweep, victim=2)),
     ("small", None, scenario_small),
@@ -332,6 +341,7 @@ def _worker(rank, port, out_dir):
         "g3": dist.new_group([0, 1, 2]),
         "ghang": dist.new_group([0, 1], timeout=timedelta(seconds=HANG_TIMEOUT)),
     }
+    GROUPS.update(groups)
     members = {None: range(WORLD), "g2": [0, 1], "g3": [0, 1, 2], "ghang": [0, 1]}
     results = {}
     for name, key, fn in SCENARIOS:
@@ -510,6 +520,12 @@ def test_balanced_is_refused_for_now(session):
     for r in range(WORLD):
         kind, msg, _ = raised(session, "balanced", r)
         assert kind == "ValueError" and "not supported by sinklabel.distributed yet" in msg
+
+
+def test_a_process_outside_the_group_is_told(session):
+    for r in (2, 3):
+        kind, msg, _ = raised(session, "not_member", r)
+        assert kind == "ValueError" and "is not a member of `group`" in msg
 
 
 def test_a_failing_rank_stops_every_rank(session):
