@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ._arrays import array_library, device_of
+from ._balanced import balance_head, check_balanced, uncertified_message
 from ._result import ConvergenceWarning, HeadResult, Result
 from ._sizes import integer_sizes
 from ._validate import (
@@ -219,6 +220,7 @@ def solve(
     backend: str = "auto",
     device: Any = None,
     check_every: int | None = None,
+    balanced: bool = False,
 ) -> Result:
     """Solve the equipartition (balanced) label assignment of SeLa.
 
@@ -258,6 +260,19 @@ def solve(
         are. Results come back in the scores' library and on their device either way.
     check_every : int, optional
         Sweeps between convergence checks (default: the backend's, 1 on the CPU).
+    balanced : bool, default False
+        Hard labels whose cluster sizes are exactly the integer target sizes (the
+        equipartition, or the prior rounded by largest remainder) and that are an
+        optimal solution of the paper's linear program, ``max sum_i S[i, y_i]`` under
+        those sizes; with ``n_clusters`` not dividing ``n_points`` and no prior, sizes
+        ``N // K`` or ``N // K + 1``, the optimiser choosing which clusters get the
+        extra points (``target_sizes`` then reports its choice). Found by an auction
+        warm-started from the Sinkhorn potentials and certified by dual prices checked
+        on every pair (``certified``, ``gap`` in the result; a
+        :class:`ConvergenceWarning` if the certificate fails, the labels still exactly
+        balanced). Point ``weights`` are not supported; the scores are read on the
+        host (a torch CUDA or cupy input is copied there once). Default: the argmax of
+        the plan, as in the paper's code (cluster sizes a few per cent off).
 
     Returns
     -------
@@ -289,6 +304,7 @@ def solve(
     n_clusters = [h.shape[1] for h in heads]
     for t, S in enumerate(heads):
         check_score_dtype(S, f"scores[{t}]" if multi else "scores")
+    hosts = list(heads)  # the caller's arrays: the balanced step reads numpy ones in place
     heads = [B.adopt(S, device) for S in heads]
     every = (
         B.checks_every(heads[0])
@@ -303,6 +319,8 @@ def solve(
         for t, (p, k) in enumerate(zip(priors, n_clusters))
     ]
     c_host = check_weights(weights, n_local, allsum=B.allsum)
+    if balanced:
+        check_balanced(weights, n_points, n_local)
     g0s = _warm_start(init, len(heads), lam, n_clusters)
     for t, S in enumerate(heads):
         where = f"scores[{t}]" if multi else "scores"
@@ -330,7 +348,22 @@ def solve(
         r = B.from_numpy(r_host[t], like=S)
         g0 = B.from_numpy(g0s[t], like=S)
         sol = _iterate(B, S, lam, c, r, g0, tol, max_iter, every)
-        labels = B.argmax(S, lam, sol.log_v)
+        target = integer_sizes(
+            n_points,
+            None
+            if prior is None
+            else r_host[t]
+            if not _is_int(priors[t])
+            else np.rint(r_host[t] * n_points).astype(np.int64),  # any library
+            S.shape[1],
+        )
+        bal = None
+        if balanced:
+            bal = balance_head(B, hosts[t], S, sol.log_v, lam, target, flexible=priors[t] is None)
+            target = bal.sizes if priors[t] is None else target
+            labels = B.from_numpy(bal.labels, like=S)
+        else:
+            labels = B.argmax(S, lam, sol.log_v)
         picked = B.to_numpy(B.gather(S, labels))[c_host > 0]
         part = np.dot(c_host[c_host > 0], picked) if np.isfinite(picked).all() else -np.inf
         objective = -float(B.allsum(np.array([part]))[0])  # +inf where a label has S = -inf
@@ -346,17 +379,15 @@ def solve(
                 errors=np.asarray(sol.errors, dtype=np.float64),
                 objective=objective,
                 sizes=sizes,
-                target_sizes=integer_sizes(
-                    n_points,
-                    None
-                    if prior is None
-                    else r_host[t]
-                    if not _is_int(priors[t])
-                    else np.rint(r_host[t] * n_points).astype(np.int64),  # any library
-                    S.shape[1],
-                ),
+                target_sizes=target,
+                balanced=bal is not None,
+                certified=None if bal is None else bal.certified,
+                gap=None if bal is None else bal.gap,
             )
         )
+    uncertified = [t for t, h in enumerate(out_heads) if h.balanced and not h.certified]
+    if uncertified:
+        warnings.warn(uncertified_message(out_heads, uncertified), ConvergenceWarning, stacklevel=2)
     failed = [t for t, h in enumerate(out_heads) if not h.converged]
     if failed:
         worst = max(out_heads[t].error for t in failed)

@@ -120,12 +120,15 @@ def _cmd_assign(args: argparse.Namespace) -> int:
         tol=args.tol,
         max_iter=args.max_iter,
         backend=args.backend,
+        balanced=args.balanced,
     )
     _save_atomic(Path(args.output), res)
     if not args.quiet:
         print(res.report())
         print(f"labels written to {args.output}")
-    return 0 if res.converged else 3
+    # 3: written, but not converged (or balanced labels without a certificate)
+    certified = all(h.certified is not False for h in res.heads)
+    return 0 if res.converged and certified else 3
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -214,6 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--tol", type=float, default=1e-3, help="cluster-marginal tolerance (1e-3)")
     a.add_argument("--max-iter", type=int, default=5000, help="iteration cap per head (5000)")
     a.add_argument("--backend", default="auto", help="auto, numpy, numba, torch, cupy")
+    a.add_argument(
+        "--balanced",
+        action="store_true",
+        help="exactly balanced labels: the LP optimum under the target sizes, certified",
+    )
     a.add_argument(
         "--heads",
         default=None,

@@ -1,0 +1,248 @@
+"""Exactly balanced labels: the LP optimum (against POT's ot.emd), its certificate, the fallback."""
+
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import sinklabel
+from sinklabel._auction import HAVE_NUMBA
+from sinklabel._balanced import CERT_RTOL, balance
+from sinklabel._sizes import integer_sizes
+from sinklabel.exact import objective, solve_exact
+from sinklabel.problems import make_scores
+
+pytest.importorskip("ot")
+
+
+def sinkhorn_prices(S, lam=25.0, prior=None):
+    """The warm start the driver uses: -log_v / lam of a (loose) Sinkhorn solve."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sinklabel.ConvergenceWarning)
+        res = sinklabel.solve(S, lam, tol=1e-2, prior=prior)
+    return -np.asarray(res.log_v) / lam
+
+
+def dual_bound(S, prices, sizes, flexible):
+    """D(p), written out densely: an upper bound on sum_i S[i, y_i] for every labelling
+    with these sizes (any sizes N // K or N // K + 1 if ``flexible``)."""
+    n, k = S.shape
+    with np.errstate(invalid="ignore"):
+        best = np.max(S.astype(np.float64) - prices, axis=1).sum()
+    if flexible:
+        base, extra = divmod(n, k)
+        return best + base * prices.sum() + np.sort(prices)[::-1][:extra].sum()
+    used = sizes > 0
+    return best + np.dot(sizes[used], prices[used])
+
+
+def assert_optimal(S, labels, sizes, prior=None, rtol=1e-9):
+    """Sizes exact and the objective equal to the exact LP's (POT ot.emd)."""
+    n, k = S.shape
+    ex = solve_exact(S, prior=prior)
+    if prior is None and n % k:
+        assert sizes.min() >= n // k and sizes.max() <= n // k + 1 and sizes.sum() == n
+    else:
+        np.testing.assert_array_equal(sizes, ex.sizes)
+    np.testing.assert_array_equal(np.bincount(labels, minlength=k), sizes)
+    assert objective(S, labels) == pytest.approx(ex.objective, rel=rtol, abs=1e-12)
+
+
+CASES = [(2000, 20, None), (2003, 20, None), (1500, 7, "dirichlet"), (1000, 12, "int"), (997, 3, None)]
+
+
+def make_prior(kind, n, k, seed):
+    if kind == "dirichlet":
+        return np.random.default_rng(seed).dirichlet(np.full(k, 2.0))
+    if kind == "int":
+        sizes = np.random.default_rng(seed).multinomial(n - k, np.full(k, 1 / k)) + 1
+        return sizes.astype(np.int64)
+    return None
+
+
+@pytest.mark.parametrize("kind", ["realistic", "collapsed", "neginf"])
+@pytest.mark.parametrize("n,k,prior_kind", CASES)
+def test_labels_are_the_lp_optimum(kind, n, k, prior_kind):
+    S = make_scores(n, k, kind=kind, seed=n + k)
+    prior = make_prior(prior_kind, n, k, seed=k)
+    flexible = prior is None
+    out = balance(S, integer_sizes(n, prior, k), sinkhorn_prices(S, prior=prior), flexible=flexible)
+    assert out.status == "optimal" and out.certified
+    assert_optimal(S, out.labels, out.sizes, prior)
+    # the certificate: the reported gap is D(p) minus the labels' sum, recomputed densely
+    D = dual_bound(S, out.prices, integer_sizes(n, prior, k), flexible)
+    primal = S[np.arange(n), out.labels].astype(np.float64).sum()
+    assert D >= primal - 1e-9 * abs(primal)
+    assert (D - primal) / n == pytest.approx(out.gap, abs=1e-10 * abs(primal) / n)
+    assert 0.0 <= out.gap <= CERT_RTOL
+
+
+def test_through_solve_objective_sizes_and_certificate():
+    S = make_scores(2003, 20, seed=5)
+    res = sinklabel.solve(S, 25.0, balanced=True)
+    h = res.heads[0]
+    assert h.balanced and h.certified and 0.0 <= h.gap <= 1e-9
+    ex = solve_exact(S)
+    assert res.objective == pytest.approx(ex.objective, rel=1e-9)
+    np.testing.assert_array_equal(h.sizes, np.bincount(res.labels, minlength=20))
+    # with K not dividing N, target_sizes is the optimiser's choice of which clusters get one more
+    np.testing.assert_array_equal(h.target_sizes, h.sizes)
+    assert sorted(set(h.sizes.tolist())) == [100, 101] and h.sizes.sum() == 2003
+    assert "balanced (certified optimal" in res.report()
+    plain = sinklabel.solve(S, 25.0)
+    assert not plain.heads[0].balanced and plain.heads[0].certified is None
+    assert plain.objective >= res.objective - 1e-12 or plain.sizes.max() > 101  # argmax is not balanced
+
+
+def test_prior_sizes_through_solve():
+    S = make_scores(1200, 6, kind="collapsed", seed=2)
+    prior = np.array([0.3, 0.25, 0.2, 0.15, 0.1, 0.0])  # an empty cluster too
+    res = sinklabel.solve(S, 25.0, prior=prior, balanced=True)
+    np.testing.assert_array_equal(res.sizes, integer_sizes(1200, prior, 6))
+    assert res.heads[0].certified
+    assert res.objective == pytest.approx(solve_exact(S, prior=prior).objective, rel=1e-9)
+
+
+def test_multi_head_each_head_balanced():
+    a = make_scores(900, 9, seed=1)
+    b = make_scores(900, 4, kind="neginf", seed=2)
+    res = sinklabel.solve([a, b], 25.0, balanced=True, prior=[None, np.array([0.4, 0.3, 0.2, 0.1])])
+    assert res.multi_head and all(h.balanced and h.certified for h in res.heads)
+    assert_optimal(a, res.labels[0], res.heads[0].sizes)
+    assert_optimal(b, res.labels[1], res.heads[1].sizes, prior=np.array([0.4, 0.3, 0.2, 0.1]))
+    stacked = sinklabel.assign(np.stack([a, a[::-1]]), 25.0, balanced=True)
+    assert stacked.shape == (2, 900)
+    # permuting the points permutes the optimum (its objective, at least: ties may differ)
+    assert objective(a[::-1], stacked[1]) == pytest.approx(objective(a, stacked[0]), rel=1e-12)
+
+
+def test_row_constants_and_cold_start_change_nothing():
+    S = make_scores(800, 8, seed=4).astype(np.float64)
+    shift = np.random.default_rng(0).normal(size=(800, 1)) * 5
+    warm = balance(S, integer_sizes(800, None, 8), sinkhorn_prices(S))
+    cold = balance(S + shift, integer_sizes(800, None, 8), np.zeros(8))
+    assert warm.certified and cold.certified
+    assert objective(S, cold.labels) == pytest.approx(objective(S, warm.labels), rel=1e-12)
+
+
+@st.composite
+def small_problems(draw):
+    k = draw(st.integers(2, 5))
+    n = draw(st.integers(k, 40))
+    seed = draw(st.integers(0, 2**31))
+    rng = np.random.default_rng(seed)
+    S = np.log(rng.dirichlet(np.full(k, draw(st.sampled_from([0.3, 1.0, 5.0]))), size=n))
+    if draw(st.booleans()):  # forbidden pairs; every point keeps its favourite
+        mask = rng.random((n, k)) < 0.3
+        mask[np.arange(n), S.argmax(1)] = False
+        S[mask] = -np.inf
+    prior = None
+    if draw(st.booleans()):
+        prior = rng.multinomial(n, rng.dirichlet(np.ones(k))).astype(np.int64)
+    return S, prior
+
+
+@settings(max_examples=60, deadline=None)
+@given(small_problems())
+def test_small_problems_match_the_exact_lp(prob):
+    S, prior = prob
+    n, k = S.shape
+    try:
+        ex = solve_exact(S, prior=prior)
+    except ValueError:  # the sizes cannot avoid the -inf pairs
+        out = balance(S, integer_sizes(n, prior, k), np.zeros(k), flexible=prior is None, max_bids=5000)
+        assert out.status != "optimal" and not out.certified
+        np.testing.assert_array_equal(np.bincount(out.labels, minlength=k), out.sizes)
+        return
+    out = balance(S, integer_sizes(n, prior, k), np.zeros(k), flexible=prior is None)
+    assert out.certified
+    assert objective(S, out.labels) == pytest.approx(ex.objective, rel=1e-9, abs=1e-12)
+    if prior is not None:
+        np.testing.assert_array_equal(out.sizes, prior)
+
+
+def test_fallback_is_exactly_balanced_with_an_honest_gap():
+    S = make_scores(2000, 20, kind="collapsed", seed=3)
+    sizes = integer_sizes(2000, None, 20)
+    out = balance(S, sizes, np.zeros(20), max_bids=50)  # far too few bids to finish
+    assert out.status == "budget"
+    np.testing.assert_array_equal(out.sizes, sizes)
+    D = dual_bound(S, out.prices, sizes, False)
+    primal = S[np.arange(2000), out.labels].astype(np.float64).sum()
+    assert out.gap == pytest.approx((D - primal) / 2000, rel=1e-9)
+    ex = solve_exact(S)
+    # the gap bounds the distance to the optimum
+    assert 0 <= objective(S, out.labels) - ex.objective <= out.gap * (1 + 1e-9) + 1e-12
+    assert out.certified == (out.gap <= CERT_RTOL)
+
+
+def test_uncertified_labels_warn_and_stay_balanced(monkeypatch):
+    import sinklabel._balanced as mod
+
+    real = mod.balance
+    monkeypatch.setattr(mod, "balance", lambda *a, **kw: real(*a, **{**kw, "max_bids": 10}))
+    S = make_scores(1000, 10, seed=8)
+    with pytest.warns(sinklabel.ConvergenceWarning, match="not certified optimal"):
+        res = sinklabel.solve(S, 25.0, balanced=True)
+    h = res.heads[0]
+    assert h.balanced and h.certified is False and h.gap > 0
+    np.testing.assert_array_equal(h.sizes, np.full(10, 100))
+    assert "NOT certified" in res.report()
+
+
+def test_infeasible_sizes_are_reported_not_hidden():
+    S = np.log(np.random.default_rng(0).dirichlet(np.ones(2), size=6))
+    S[1:, 0] = -np.inf  # cluster 0 needs 3 points but only point 0 may go there
+    out = balance(S, np.array([3, 3]), np.zeros(2), max_bids=2000)
+    assert out.status != "optimal" and not out.certified and out.gap == np.inf
+    np.testing.assert_array_equal(out.sizes, [3, 3])
+
+
+def test_weights_are_refused():
+    S = make_scores(100, 4, seed=0)
+    with pytest.raises(ValueError, match="`weights` is not supported with balanced=True"):
+        sinklabel.solve(S, balanced=True, weights=np.ones(100))
+
+
+@pytest.mark.skipif(not HAVE_NUMBA, reason="compares the numba and numpy engines")
+def test_numpy_engine_matches_numba():
+    S = make_scores(1003, 10, kind="neginf", seed=6)
+    p0 = sinkhorn_prices(S)
+    a = balance(S, integer_sizes(1003, None, 10), p0, flexible=True, engine="numba")
+    b = balance(S, integer_sizes(1003, None, 10), p0, flexible=True, engine="numpy")
+    assert a.certified and b.certified
+    assert objective(S, b.labels) == pytest.approx(objective(S, a.labels), rel=1e-12)
+    assert_optimal(S, b.labels, b.sizes)
+
+
+def test_torch_input_gives_torch_labels():
+    torch = pytest.importorskip("torch")
+    S = make_scores(600, 6, seed=9)
+    res = sinklabel.solve(torch.from_numpy(S), 25.0, balanced=True)
+    assert isinstance(res.labels, torch.Tensor) and res.heads[0].certified
+    assert_optimal(S, res.labels.numpy(), res.heads[0].sizes)
+
+
+def test_cli_balanced_flag(tmp_path, capsys):
+    from sinklabel.cli import main
+
+    S = make_scores(1001, 10, seed=3)
+    path = tmp_path / "s.npy"
+    np.save(path, S)
+    out = tmp_path / "l.npy"
+    assert main(["assign", str(path), "-o", str(out), "--balanced"]) == 0
+    labels = np.load(out)
+    assert_optimal(S, labels, np.bincount(labels, minlength=10))
+    assert "balanced (certified optimal" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_twenty_thousand_by_one_hundred_from_a_cold_start():
+    # the largest size of the issue, K not dividing N, -inf pairs, and no warm start
+    # (all prices 0): the auction's first phase raises its epsilon out of the price war
+    S = make_scores(20_003, 100, kind="neginf", seed=11)
+    out = balance(S, integer_sizes(20_003, None, 100), np.zeros(100), flexible=True)
+    assert out.status == "optimal" and out.certified
+    assert_optimal(S, out.labels, out.sizes)
