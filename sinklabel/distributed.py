@@ -320,7 +320,7 @@ def batch_codes(
             g = torch.where(torch.isfinite(col), -col, torch.zeros_like(col))  # columns equal
             Z = L + g
             f = -torch.logsumexp(Z, dim=1)  # rows sum to 1
-        if ex is not None and float(ex.status[1] if not isinstance(ex.status, float) else 0.0):
+        if ex is not None and any(float(st[1]) for st in ex.status.values()):
             raise ValueError(
                 "`scores` of the batch must be finite or -inf, with a finite entry in every row; "
                 "NaN, +inf or an all -inf row found on some rank"

@@ -70,7 +70,7 @@ class Exchange:
         self._device = torch.device("cuda", torch.cuda.current_device()) if pg == "nccl" else None
         self.failed = 0.0  # sticky: this rank's primitive raised
         self.error: BaseException | None = None
-        self.status: Any = 0.0  # failed + nan counts read back from the exchanges
+        self.status: dict = {}  # device -> (failed, nan) read back from the exchanges there
         self.sent_bytes: dict[str, int] = {}
         self.calls: dict[str, int] = {}
 
@@ -109,19 +109,18 @@ class Exchange:
                 f"{self.rank} ({type(exc).__name__}: {str(exc)[:300]}); a rank died, hung past "
                 "the process group's timeout, or left the solve"
             ) from exc
-        got = payload[-2:].abs()
-        self.status = got if isinstance(self.status, float) else torch.maximum(self.status, got)
+        got, dev = payload[-2:].abs(), payload.device
+        self.status[dev] = torch.maximum(self.status[dev], got) if dev in self.status else got
         return payload[:-2]
 
     def check(self) -> None:
         """Raise, on every rank at the same point, if any rank failed or produced NaN."""
-        status = self.status
-        if isinstance(status, float):
+        if not self.status:
             return
-        failed, nan = (float(s) for s in status.cpu())
+        failed, nan = torch.stack([s.cpu() for s in self.status.values()]).amax(dim=0).tolist()
         if failed == 0 and nan == 0:
             return
-        self.status = 0.0
+        self.status = {}
         if self.error is not None:
             err, self.error = self.error, None
             raise err
