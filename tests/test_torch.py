@@ -145,8 +145,14 @@ def test_weights_and_integer_prior_as_tensors():
 
 
 def test_checks_every_sweep_on_the_cpu_and_tf32_flag_untouched():
+    from sinklabel.backends._torch import gpu_checks_every
+
     B = get_backend("torch")
     assert B.checks_every(torch.zeros(2, 2)) == 1
+    # on a GPU: every sweep once a sweep reads >= 64 MiB (Anderson needs the checks)
+    assert gpu_checks_every((50_000, 128), False) == 10
+    assert gpu_checks_every((1_281_167, 3000), False) == 1
+    assert gpu_checks_every((3, 10_000, 1000), True) == 1
     saved = torch.backends.cuda.matmul.allow_tf32
     sinklabel.solve(torch.from_numpy(make_scores(100, 3, seed=0)), 10.0)
     assert torch.backends.cuda.matmul.allow_tf32 == saved
@@ -231,6 +237,35 @@ def test_interp_kernel_strided_rows_and_wide_fallback():
     u, acc = B.sweep(wide, torch.from_numpy(ones_k), torch.from_numpy(ones_n))
     acc_ref = get_backend("numpy").sweep(wide.numpy(), ones_k, ones_n)[1]
     np.testing.assert_allclose(acc.numpy(), acc_ref, rtol=2e-6)
+
+
+@interp
+@pytest.mark.parametrize("n,k", [(1, 1), (199, 5), (64, 300), (30, 3000)])
+@pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16"])
+def test_interp_log_sweep_and_build_match_numpy(n, k, dtype, monkeypatch):
+    from sinklabel.backends import _triton
+
+    calls = []
+    for name in ("log_sweep", "build_kernel"):
+        real = getattr(_triton, name)
+        monkeypatch.setattr(_triton, name, lambda *a, _f=real, _n=name: calls.append(_n) or _f(*a))
+    B, ref = get_backend("torch"), get_backend("numpy")
+    S = torch.from_numpy(make_scores(n, k, kind="neginf", seed=n + k)).to(getattr(torch, dtype))
+    S_np = S.to(torch.float64 if dtype == "float64" else torch.float32).numpy()
+    rng = np.random.default_rng(k)
+    g = rng.normal(0, 3, k)
+    g[k // 2] = -np.inf if k > 1 else g[0]  # an inactive cluster
+    log_c = np.full(n, -np.log(n))
+    log_c[0] = -np.inf if n > 1 else log_c[0]  # a point of weight 0
+    a, lse = B.log_sweep(S, 25.0, torch.from_numpy(g), torch.from_numpy(log_c))
+    a_ref, lse_ref = ref.log_sweep(S_np, 25.0, g, log_c)
+    np.testing.assert_allclose(a.numpy(), a_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(lse.numpy(), lse_ref, rtol=1e-12, atol=1e-12)
+    K = B.build_kernel(S, 25.0, torch.from_numpy(a_ref), torch.from_numpy(g))
+    K_ref = ref.build_kernel(S_np, 25.0, a_ref, g)
+    assert K.numpy().dtype == K_ref.dtype
+    np.testing.assert_allclose(K.numpy(), K_ref, rtol=1e-6 if dtype != "float64" else 1e-14, atol=0)
+    assert calls == ["log_sweep", "build_kernel"]
 
 
 @interp

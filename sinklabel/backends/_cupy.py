@@ -33,6 +33,12 @@ if _N_DEVICES < 1:
 
 __all__ = ["CupyBackend"]
 
+
+def gpu_checks_every(shape: tuple, float64: bool) -> int:
+    """Sweeps between checks: every sweep once a sweep reads >= 64 MiB (as the torch backend)."""
+    return 1 if shape[-2] * shape[-1] * (8 if float64 else 4) >= 1 << 26 else 10
+
+
 _BLOCK = 1 << 25  # elements per row block of float64 temporaries (256 MiB)
 _THREADS = 256
 _MAX_R = 32  # columns per thread held in registers: K <= 256 * 32 = 8192 fused
@@ -144,7 +150,7 @@ def _device_id(device: Any) -> int | None:
 class CupyBackend(Backend):
     name = "cupy"
     library = "cupy"
-    check_every = 10  # a check synchronises with the device
+    check_every = 10  # a check synchronises with the device; see gpu_checks_every
     xp = cupy
 
     # -- conversions ------------------------------------------------------------------
@@ -167,6 +173,9 @@ class CupyBackend(Backend):
             with cupy.cuda.Device(dev if dev is not None else cupy.cuda.runtime.getDevice()):
                 return cupy.asarray(S)
         return super().adopt(S, device)
+
+    def checks_every(self, S: Any) -> int:
+        return gpu_checks_every(S.shape, S.dtype == np.float64)
 
     def from_numpy(self, x: np.ndarray, like: Any) -> Any:
         with like.device:
