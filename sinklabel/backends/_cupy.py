@@ -2,7 +2,8 @@
 
 Kernel ``Kmat`` in float32 (float64 for float64 scores; float16 scores are computed in
 float32); vectors in float64 on the same device; exponents formed in float64, as in
-the numpy reference. The sweep is one CUDA kernel (:data:`_SWEEP_SOURCE`) that reads
+the numpy reference; the kernel is built in one element-wise pass (read S, write Kmat).
+The sweep is one CUDA kernel (:data:`_SWEEP_SOURCE`) that reads
 ``Kmat`` once: a group of ``TPR`` threads owns a row, holds it in registers (``R``
 entries per thread), reduces ``sum_k Kmat_ik v_k`` with warp shuffles, forms
 ``u_i = c_i / sum`` in float64, and adds ``Kmat_ik u_i`` into per-thread column
@@ -103,6 +104,14 @@ extern "C" __global__ void sinklabel_sweep(
 """
 
 _kernels: dict[tuple[str, int, int], Any] = {}
+
+# Kmat = exp(lam S + a_i + b_k), exactly 0 below the floor (and for -inf scores)
+_build = cupy.ElementwiseKernel(
+    "T s, float64 a, float64 b, float64 lam, float64 floor",
+    "U out",
+    "const double x = lam * (double)s + a + b; out = x >= floor ? (U)exp(x) : (U)0;",
+    "sinklabel_build_kernel",
+)
 
 
 def _sweep_shape(k: int) -> tuple[int, int] | None:
@@ -239,7 +248,9 @@ class CupyBackend(Backend):
             dead_cols = np.flatnonzero(~cupy.asnumpy(col_alive)).astype(np.int64)
         return Scan(nan_at, posinf_at, dead_row, dead_cols)
 
-    def log_sweep(self, S, lam, g, log_c):
+    def log_sweep(self, S, lam, g, log_c, kernel=False):
+        if kernel:
+            raise NotImplementedError("the cupy backend has no in-place kernel mode")
         with S.device:
             n, k = S.shape
             a = cupy.empty(n, dtype=np.float64)
@@ -259,20 +270,16 @@ class CupyBackend(Backend):
             col_lse = cupy.where(col_sum > 0, cupy.log(col_sum) + col_max, -np.inf)
         return a, col_lse
 
-    def build_kernel(self, S, lam, a, b, out=None):
+    def build_kernel(self, S, lam, a, b, out=None, kernel=False):
+        if kernel:
+            raise NotImplementedError("the cupy backend has no in-place kernel mode")
         with S.device:
             n, k = S.shape
             dtype = self.compute_dtype(S)
             if out is None:
                 out = cupy.empty((n, k), dtype=dtype)
-            floor = self.exp_floor(dtype)
-            for blk in self._blocks(S):
-                X = S[blk].astype(np.float64) * lam
-                X += a[blk, None]
-                X += b
-                X[~(X >= floor)] = -np.inf  # below the floor (or -inf): exactly 0
-                cupy.exp(X, out=X)
-                out[blk] = X
+            # one element-wise pass: read S, write Kmat (exponent in float64)
+            _build(S, a[:, None], b[None, :], float(lam), float(self.exp_floor(dtype)), out)
         return out
 
     def sweep(self, Kmat, v, c):
@@ -304,7 +311,9 @@ class CupyBackend(Backend):
             )
             return u, part.sum(axis=0, dtype=np.float64)
 
-    def argmax(self, S, lam, g):
+    def argmax(self, S, lam, g, kernel=False):
+        if kernel:
+            raise NotImplementedError("the cupy backend has no in-place kernel mode")
         with S.device:
             n, k = S.shape
             labels = cupy.empty(n, dtype=np.int64)
