@@ -76,6 +76,14 @@ def test_smoke_two_label_steps(tmp_path):
     assert ks == (10, 4) and labels.shape == (2, 256)
     assert json.loads((out / "metrics.json").read_text())["num_clusters"] == [10, 4]
 
+    # label transfer: a fresh network trained on the exported labels
+    tr = run(
+        tiny(tmp_path / "transfer", mode="fixed", labels_from=str(out / "labels" / "final.npz"), epochs=1)
+    )
+    assert tr["history"] == [] and tr["num_clusters"] == [10, 4]
+    moved, _ = read_labels(tmp_path / "transfer" / "labels" / "final.npz")
+    np.testing.assert_array_equal(moved, labels)
+
 
 def test_resume_after_label_step_gives_the_same_final_labels(tmp_path):
     # three label steps at iterations 0, 2 and 8 of 8 (4 batches per epoch): stop after the

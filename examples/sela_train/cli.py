@@ -31,9 +31,7 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
         elif typing.get_origin(tp) is tuple:
             item = typing.get_args(tp)[0]
-            p.add_argument(
-                flag, type=item, nargs="+", default=default, metavar=item.__name__.upper()
-            )
+            p.add_argument(flag, type=item, nargs="+", default=default, metavar=item.__name__.upper())
         elif tp is dict:
             p.add_argument(flag, type=json.loads, default=default, metavar="JSON")
         else:

@@ -98,9 +98,7 @@ def raw_pixels(common: list[str]) -> dict:
     mean = np.asarray(data.mean, np.float32).reshape(1, 3, 1, 1)
     std = np.asarray(data.std, np.float32).reshape(1, 3, 1, 1)
     f = {
-        s: ((getattr(data, s).images.numpy() / 255.0 - mean) / std).reshape(
-            len(getattr(data, s)), -1
-        )
+        s: ((getattr(data, s).images.numpy() / 255.0 - mean) / std).reshape(len(getattr(data, s)), -1)
         for s in ("train", "val", "test")
     }
     res = evaluate_features({s: (x, x) for s, x in f.items()}, data, cfg)
@@ -128,8 +126,7 @@ def table(rows: list[dict]) -> str:
         tl = r.get("train_labels")
         tl = f"{np.mean([h['nmi'] for h in tl]):.3f}" if tl and r.get("history") else "–"
         vals = " | ".join(
-            f"{100 * r[k]:.1f}" if k.startswith(("knn", "probe", "acc")) else f"{r[k]:.3f}"
-            for _, k in COLS
+            f"{100 * r[k]:.1f}" if k.startswith(("knn", "probe", "acc")) else f"{r[k]:.3f}" for _, k in COLS
         )
         lines.append(f"| {r['name']} | {vals} | {tl} | {r.get('seconds_wall', 0):.0f} |")
     return "\n".join(lines)
@@ -161,14 +158,10 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/compare")
     p.add_argument("--study", nargs="+", default=["main"], choices=sorted(ROWS))
-    p.add_argument(
-        "--jobs", type=int, default=1, help="rows trained in parallel (each with --threads)"
-    )
+    p.add_argument("--jobs", type=int, default=1, help="rows trained in parallel (each with --threads)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("common", nargs=argparse.REMAINDER, help="flags passed to every row, after --")
     a = p.parse_args(argv)
@@ -182,9 +175,7 @@ def main(argv=None) -> int:
         results = list(ex.map(lambda nf: run_row(nf[0], nf[1], out, common), todo))
     wall = time.perf_counter() - t0
     by = {r["name"]: r for r in results}
-    md = [
-        f"Wall time of this invocation: {wall:.0f} s with --jobs {a.jobs} --threads {a.threads}.\n"
-    ]
+    md = [f"Wall time of this invocation: {wall:.0f} s with --jobs {a.jobs} --threads {a.threads}.\n"]
     for s in a.study:
         md.append(f"### {s}\n\n" + table([by[n] for n, _ in ROWS[s]]) + "\n")
     (out / "results.md").write_text("\n".join(md))

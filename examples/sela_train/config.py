@@ -38,7 +38,7 @@ class Config:
     data_root: str = ""
     """Local folder of a torchvision data set (ImageFolder: the folder holding ``train/`` and
     ``val/``)."""
-    copies: int = 3
+    copies: int = 2
     """Cluttered digits: renderings of each of the 1,797 scikit-learn digits."""
     max_train: int = 0
     """Use only the first ``max_train`` training images (0: all). For smoke tests."""
@@ -56,8 +56,9 @@ class Config:
     hflip: float = 0.5
     """Probability of a horizontal flip."""
     jitter: float = 0.4
-    """Colour jitter strength: brightness, contrast and saturation factors in [1-j, 1+j]."""
-    hue: float = 0.1
+    """Colour jitter strength: brightness, contrast and saturation factors in [1-j, 1+j]
+    (ColorJitter(0.4, 0.4, 0.4, 0.4) and greyscale 0.2 are the AND/SeLa CIFAR settings)."""
+    hue: float = 0.4
     """Hue jitter: a shift of up to this fraction of the colour circle (0.5: any hue)."""
     grayscale: float = 0.2
     """Probability of converting to greyscale."""
@@ -78,7 +79,7 @@ class Config:
     """K of each head; its length is the number of heads T. Heads may differ in K."""
 
     # ---- optimisation ----------------------------------------------------------------------
-    epochs: int = 40
+    epochs: int = 30
     batch_size: int = 128
     lr: float = 0.05
     """Initial SGD learning rate (paper: 0.05 ImageNet, 0.03 CIFAR)."""
@@ -102,7 +103,8 @@ class Config:
     tol: float = 1e-3
     max_iter: int = 5000
     balanced: bool = False
-    """Ask sinklabel for exactly balanced hard labels (``balanced=True``); off: plain argmax."""
+    """Exactly balanced hard labels (sinklabel's ``balanced=True``). Off: the paper's plain
+    argmax of the transport plan (cluster sizes within a few per cent of N/K)."""
     labels_from: str = ""
     """``mode=fixed``: an exported label file (``labels/step_XXX.npz`` or ``final.npz``)."""
     reset_heads_after_kmeans: bool = True
@@ -128,9 +130,7 @@ class Config:
         if self.imbalance not in ("full", "light", "heavy"):
             raise ValueError(f"imbalance must be full|light|heavy; got {self.imbalance!r}")
         if not self.num_clusters or min(self.num_clusters) < 2:
-            raise ValueError(
-                f"num_clusters needs at least one head of K >= 2; got {self.num_clusters}"
-            )
+            raise ValueError(f"num_clusters needs at least one head of K >= 2; got {self.num_clusters}")
         if self.label_steps < 0:
             raise ValueError(f"label_steps must be >= 0; got {self.label_steps}")
         if self.lam <= 0:

@@ -93,40 +93,35 @@ def render_cluttered(digits: np.ndarray, size: int = 32, seed: int = DATA_SEED) 
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     out = np.empty((n, 3, size, size), dtype=np.uint8)
     for i in range(n):
-        # background: gradient between two random colours along a random direction
-        c1, c2 = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
+        # background: a random colour with a gentle gradient along a random direction
+        c1 = rng.uniform(0, 1, 3)
+        c2 = np.clip(c1 + rng.uniform(-0.25, 0.25, 3), 0, 1)
         ang = rng.uniform(0, 2 * np.pi)
         g = (np.cos(ang) * (xx - size / 2) + np.sin(ang) * (yy - size / 2)) / size + 0.5
         img = c1[:, None, None] * (1 - g) + c2[:, None, None] * g
         # clutter 1: random strokes
-        for _ in range(rng.integers(3, 7)):
+        for _ in range(rng.integers(1, 4)):
             p0, p1 = rng.uniform(0, size, 2), rng.uniform(0, size, 2)
-            a = _segment_alpha(yy, xx, p0, p1, rng.uniform(0.5, 1.5)) * rng.uniform(0.5, 1.0)
+            a = _segment_alpha(yy, xx, p0, p1, rng.uniform(0.3, 1.0)) * rng.uniform(0.2, 0.6)
             img = img * (1 - a) + rng.uniform(0, 1, 3)[:, None, None] * a
-        # clutter 2: fragments (a 4x4 corner) of other digits, enlarged
-        for _ in range(2):
-            j = rng.integers(n)
-            oy, ox = rng.integers(0, 5, 2)
-            s = int(rng.integers(8, 13))
-            frag = F.interpolate(
-                src[j : j + 1, :, oy : oy + 4, ox : ox + 4], size=(s, s), mode="bilinear"
-            )
-            frag = frag[0, 0].numpy()
-            y0, x0 = rng.integers(0, size - s + 1, 2)
-            a = np.zeros((size, size), np.float32)
-            a[y0 : y0 + s, x0 : x0 + s] = frag * rng.uniform(0.6, 1.0)
-            img = img * (1 - a) + rng.uniform(0, 1, 3)[:, None, None] * a
-        # the digit: random scale, position and a colour that stands out from the background
-        s = int(rng.integers(14, 27))
-        dig = F.interpolate(src[i : i + 1], size=(s, s), mode="bilinear", align_corners=False)[
-            0, 0
-        ].numpy()
+        # clutter 2: a faint fragment (a 4x4 corner) of another digit, enlarged
+        j = rng.integers(n)
+        oy, ox = rng.integers(0, 5, 2)
+        s = int(rng.integers(8, 13))
+        frag = F.interpolate(src[j : j + 1, :, oy : oy + 4, ox : ox + 4], size=(s, s), mode="bilinear")
         y0, x0 = rng.integers(0, size - s + 1, 2)
         a = np.zeros((size, size), np.float32)
-        a[y0 : y0 + s, x0 : x0 + s] = np.clip(dig * 1.3, 0, 1)
+        a[y0 : y0 + s, x0 : x0 + s] = frag[0, 0].numpy() * rng.uniform(0.2, 0.4)
+        img = img * (1 - a) + rng.uniform(0, 1, 3)[:, None, None] * a
+        # the digit: random scale, position and a colour that stands out from the background
+        s = int(rng.integers(16, 29))
+        dig = F.interpolate(src[i : i + 1], size=(s, s), mode="bilinear", align_corners=False)[0, 0].numpy()
+        y0, x0 = rng.integers(0, size - s + 1, 2)
+        a = np.zeros((size, size), np.float32)
+        a[y0 : y0 + s, x0 : x0 + s] = np.clip(dig * 2.0, 0, 1)
         bg = (img * a).sum(axis=(1, 2)) / max(a.sum(), 1e-6)
         fg = rng.uniform(0, 1, 3)
-        if np.abs(fg - bg).mean() < 0.35:
+        if np.abs(fg - bg).mean() < 0.5:
             fg = np.where(bg > 0.5, rng.uniform(0, 0.25, 3), rng.uniform(0.75, 1, 3))
         img = img * (1 - a) + fg[:, None, None] * a
         img = img + rng.normal(0, 0.04, img.shape)
@@ -145,9 +140,7 @@ def _digits(cluttered: bool, copies: int) -> tuple[dict[str, tuple[np.ndarray, n
         reps = np.tile(np.arange(len(y)), copies)  # copy c of digit i at row c * n + i
         imgs = render_cluttered(x[reps], 32, DATA_SEED)
         ys = y[reps]
-        pick = {
-            k: np.concatenate([v + c * len(y) for c in range(copies)]) for k, v in splits.items()
-        }
+        pick = {k: np.concatenate([v + c * len(y) for c in range(copies)]) for k, v in splits.items()}
         return {k: (imgs[v], ys[v]) for k, v in pick.items()}, 32
     # plain digits: grey, upsampled to 32 x 32
     t = F.interpolate(
@@ -283,9 +276,7 @@ def _subset(split: Split, idx: np.ndarray) -> Split:
 
 
 def _resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
-    y = F.interpolate(
-        x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
-    )
+    y = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return y.round().clamp(0, 255).to(torch.uint8)
 
 
@@ -310,9 +301,7 @@ class Batches:
         if mode == "auto":
             mode = "tensor" if data.in_memory else "torchvision"
         self.aug_mode = mode
-        self.tensor_aug = TensorAugment(
-            cfg.crop_scale, cfg.hflip, cfg.jitter, cfg.hue, cfg.grayscale
-        )
+        self.tensor_aug = TensorAugment(cfg.crop_scale, cfg.hflip, cfg.jitter, cfg.hue, cfg.grayscale)
         self._tv_aug = None
         if mode == "torchvision":
             if not HAVE_TORCHVISION:

@@ -15,6 +15,7 @@ by :func:`export_labels`, read by :func:`read_labels`:
 
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
 
@@ -63,10 +64,13 @@ def score(model, batches, split, *, shard: bool = False):
     return heads, torch.cat(emb).numpy(), torch.cat(pooled).numpy(), torch.cat(idx).numpy()
 
 
-def solve_kwargs(cfg) -> dict:
+def solve_kwargs(cfg, solve=None) -> dict:
+    """Keywords for ``sinklabel.solve``. ``balanced`` is passed explicitly whenever this
+    sinklabel knows it (its own default may differ from the paper's argmax), and is required
+    only when asked for."""
     kw = dict(lam=cfg.lam, tol=cfg.tol, max_iter=cfg.max_iter)
-    if cfg.balanced:  # only passed when asked for, so older sinklabel versions keep working
-        kw["balanced"] = True
+    if cfg.balanced or "balanced" in inspect.signature(solve or sinklabel.solve).parameters:
+        kw["balanced"] = bool(cfg.balanced)
     return kw
 
 
@@ -88,7 +92,7 @@ def distributed_sinkhorn_step(local_scores: list[np.ndarray], cfg, previous):
     labels of those points."""
     from sinklabel import distributed  # noqa: PLC0415 - optional, newer sinklabel only
 
-    res = distributed.solve(local_scores, init=previous, **solve_kwargs(cfg))
+    res = distributed.solve(local_scores, init=previous, **solve_kwargs(cfg, distributed.solve))
     return np.asarray(res.labels, dtype=np.int64).reshape(len(local_scores), -1), res
 
 
@@ -109,9 +113,7 @@ def kmeans_step(embedding: np.ndarray, num_clusters: tuple[int, ...], seed: int)
     return np.stack(out).astype(np.int64)
 
 
-def export_labels(
-    path: Path, labels, *, num_clusters, step, iteration, fraction, method, targets
-) -> None:
+def export_labels(path: Path, labels, *, num_clusters, step, iteration, fraction, method, targets) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
     np.savez_compressed(

@@ -33,20 +33,14 @@ class AlexNetBN(nn.Module):
         c = [_w(x, width) for x in widths]
         if stem == "imagenet":
             pool = lambda: nn.MaxPool2d(3, 2)  # noqa: E731
-            layers = (
-                _conv_bn(3, c[0], 11, 4, 2) + [pool()] + _conv_bn(c[0], c[1], 5, 1, 2) + [pool()]
-            )
+            layers = _conv_bn(3, c[0], 11, 4, 2) + [pool()] + _conv_bn(c[0], c[1], 5, 1, 2) + [pool()]
         elif stem == "small":
             pool = lambda: nn.MaxPool2d(2, 2)  # noqa: E731
-            layers = (
-                _conv_bn(3, c[0], 3, 1, 1) + [pool()] + _conv_bn(c[0], c[1], 3, 1, 1) + [pool()]
-            )
+            layers = _conv_bn(3, c[0], 3, 1, 1) + [pool()] + _conv_bn(c[0], c[1], 3, 1, 1) + [pool()]
         else:
             raise ValueError(f"stem must be 'imagenet' or 'small'; got {stem!r}")
         layers += (
-            _conv_bn(c[1], c[2], 3, 1, 1)
-            + _conv_bn(c[2], c[3], 3, 1, 1)
-            + _conv_bn(c[3], c[4], 3, 1, 1)
+            _conv_bn(c[1], c[2], 3, 1, 1) + _conv_bn(c[2], c[3], 3, 1, 1) + _conv_bn(c[3], c[4], 3, 1, 1)
         )
         layers += [pool()]
         self.body = nn.Sequential(*layers)

@@ -31,9 +31,7 @@ def plot_run(res: dict, labels: np.ndarray, ks, out: Path) -> None:
         ax[1].legend(fontsize=7)
         prev = np.array([h["nmi_prev"] for h in hist]).mean(1)
         ax[2].plot(ep[1:], prev[1:], marker=".")
-    ax[1].set(
-        xlabel="epoch", ylabel="NMI(labels, truth) on train", title="self-labels vs ground truth"
-    )
+    ax[1].set(xlabel="epoch", ylabel="NMI(labels, truth) on train", title="self-labels vs ground truth")
     ax[2].set(
         xlabel="epoch",
         ylabel="NMI(labels, previous labels)",

@@ -143,15 +143,11 @@ class Trainer:
         self.iters_per_epoch = self.batches.num_batches(self.n)
         self.total_iters = cfg.epochs * self.iters_per_epoch
         steps = (
-            []
-            if cfg.mode in ("supervised", "fixed")
-            else L.label_schedule(cfg.label_steps, self.total_iters)
+            [] if cfg.mode in ("supervised", "fixed") else L.label_schedule(cfg.label_steps, self.total_iters)
         )
         self.schedule = sorted(set(steps))
         if len(self.schedule) < len(steps):
-            log.info(
-                "%d label steps fall on %d distinct iterations", len(steps), len(self.schedule)
-            )
+            log.info("%d label steps fall on %d distinct iterations", len(steps), len(self.schedule))
         self.use_dist_solve = self.world > 1 and cfg.mode == "sela" and _has_distributed_solve()
 
         # the state a checkpoint holds
@@ -204,9 +200,7 @@ class Trainer:
         st = torch.load(self.ckpt_path, map_location=self.device, weights_only=False)
         if st["fingerprint"] != self.cfg.training_fingerprint():
             diff = {
-                k
-                for k in st["fingerprint"]
-                if st["fingerprint"][k] != self.cfg.training_fingerprint().get(k)
+                k for k in st["fingerprint"] if st["fingerprint"][k] != self.cfg.training_fingerprint().get(k)
             }
             raise RuntimeError(
                 f"{self.ckpt_path} was written with a different config ({sorted(diff)}); "
@@ -317,10 +311,7 @@ class Trainer:
         )
         labels_t = torch.from_numpy(self.labels).to(self.device)
         while True:
-            while (
-                self.next_step < len(self.schedule)
-                and self.schedule[self.next_step] <= self.iteration
-            ):
+            while self.next_step < len(self.schedule) and self.schedule[self.next_step] <= self.iteration:
                 self.label_step()
                 labels_t = torch.from_numpy(self.labels).to(self.device)
                 self.save_checkpoint()
@@ -334,9 +325,7 @@ class Trainer:
             for b, x, idx in self.batches.train_epoch(self.data.train, epoch, start):
                 for g in self.opt.param_groups:
                     g["lr"] = self.lr_at(self.iteration)
-                torch.manual_seed(
-                    cfg.seed * 7919 + self.iteration
-                )  # anything stochastic in the net
+                torch.manual_seed(cfg.seed * 7919 + self.iteration)  # anything stochastic in the net
                 outs = self.net(x)
                 y = labels_t[:, idx.to(self.device)]
                 loss = sum(F.cross_entropy(o, y[t]) for t, o in enumerate(outs)) / len(outs)
@@ -358,10 +347,7 @@ class Trainer:
                         self.lr_at(self.iteration - 1),
                     )
                     self.save_checkpoint()
-                elif (
-                    self.next_step < len(self.schedule)
-                    and self.schedule[self.next_step] <= self.iteration
-                ):
+                elif self.next_step < len(self.schedule) and self.schedule[self.next_step] <= self.iteration:
                     break  # a label step is due mid-epoch
         bar.close()
 
