@@ -347,26 +347,39 @@ def part1(device: str, seed: int, budget: Budget) -> Checks:
             f"backend {res.backend}, labels {type(res.labels).__name__}",
         )
 
-    # TF32 must not change anything (torch paths on CUDA)
+    # TF32 must not change anything (torch paths on CUDA), whichever API turns it on
     if device.startswith("cuda"):
         S = torch.from_numpy(make_scores(3000, 300, seed=int(rng.integers(2**31)))).to(device)
-        saved = torch.backends.cuda.matmul.allow_tf32
+        m = torch.backends.cuda.matmul
+        new_api = hasattr(m, "fp32_precision")
+        saved = m.fp32_precision if new_api else m.allow_tf32
+        settings = [
+            ("off", lambda: setattr(m, *(("fp32_precision", "ieee") if new_api else ("allow_tf32", False))))
+        ]
+        settings.append(("allow_tf32=True", lambda: setattr(m, "allow_tf32", True)))
+        settings.append(
+            ("set_float32_matmul_precision('high')", lambda: torch.set_float32_matmul_precision("high"))
+        )
+        if new_api:
+            settings.append(("fp32_precision='tf32'", lambda: setattr(m, "fp32_precision", "tf32")))
         for name, lib, use_triton in paths:
             if lib != "torch":
                 continue
             torch_backend.USE_TRITON = use_triton
             out = []
-            for flag in (False, True):
-                torch.backends.cuda.matmul.allow_tf32 = flag
+            for _, turn_on in settings:
+                turn_on()
                 out.append(sinklabel.solve(S, 25.0))
-            torch.backends.cuda.matmul.allow_tf32 = saved
-            same = out[0].n_iter == out[1].n_iter and torch.equal(out[0].log_v, out[1].log_v)
+                setattr(m, "fp32_precision" if new_api else "allow_tf32", saved)
+            same = all(o.n_iter == out[0].n_iter and torch.equal(o.log_v, out[0].log_v) for o in out)
             checks.add(
                 name,
-                "allow_tf32 True/False: identical results",
+                "TF32 on (3 ways) / off: identical results",
                 same,
-                f"its {out[0].n_iter}/{out[1].n_iter}",
+                f"its {[o.n_iter for o in out]} ({', '.join(x for x, _ in settings)})",
             )
+        torch.set_float32_matmul_precision("highest")
+        setattr(m, "fp32_precision" if new_api else "allow_tf32", saved)
     torch_backend.USE_TRITON = "auto"
     return checks
 
@@ -540,7 +553,19 @@ def part2(device: str, budget: Budget, n: int, k: int, heads: int, table: Table)
         f"{kbytes / t_plain / copy_bw:.0%} of copy BW",
         f"{t_plain / t_sweep:.2f}x the default sweep",
     )
-    Kmat = v = c = None
+    # the rare passes (start, absorptions): exact log-domain sweep and kernel build
+    g = TORCH.full(k, 0.0, like=S)
+    log_c = TORCH.full(n, -np.log(n), like=S)
+    a = TORCH.full(n, -np.log(k), like=S)
+    variants = [("Triton", FAST), ("torch ops", "0")] if path == "triton" else [("torch ops", "0")]
+    for label, switch in variants:
+        torch_backend.USE_TRITON = switch
+        t_ls = median_time(lambda: TORCH.log_sweep(S, lam, g, log_c), device, rounds=3)
+        t_b = median_time(lambda: TORCH.build_kernel(S, lam, a, g, out=Kmat), device, rounds=3)
+        table.add(f"sinklabel torch log sweep ({label})", ms(t_ls), "", f"{t_ls / t_sweep:.1f}x a sweep")
+        table.add(f"sinklabel torch kernel build ({label})", ms(t_b), "", f"{t_b / t_sweep:.1f}x a sweep")
+    torch_backend.USE_TRITON = FAST
+    Kmat = v = c = g = log_c = a = None
     free_gpu()
 
     # cupy, one head
@@ -606,7 +631,10 @@ def part2(device: str, budget: Budget, n: int, k: int, heads: int, table: Table)
             total += dt
             its.append(r.n_iter)
             done += 1
-        note = "scores regenerated into one buffer per head (15.4 GB scores + 15.4 GB kernel)"
+        note = (
+            f"scores regenerated into one buffer per head ({bytes_f32 / 1e9:.1f} GB scores "
+            f"+ {bytes_f32 / 1e9:.1f} GB kernel resident)"
+        )
         if done < heads:
             note += f"; budget allowed {done} heads, time scaled x{heads / done:.1f}"
         table.add(

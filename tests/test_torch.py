@@ -145,6 +145,7 @@ def test_weights_and_integer_prior_as_tensors():
 
 
 def test_checks_every_sweep_on_the_cpu_and_tf32_flag_untouched():
+    from sinklabel.backends import _torch
     from sinklabel.backends._torch import gpu_checks_every
 
     B = get_backend("torch")
@@ -153,9 +154,13 @@ def test_checks_every_sweep_on_the_cpu_and_tf32_flag_untouched():
     assert gpu_checks_every((50_000, 128), False) == 10
     assert gpu_checks_every((1_281_167, 3000), False) == 1
     assert gpu_checks_every((3, 10_000, 1000), True) == 1
-    saved = torch.backends.cuda.matmul.allow_tf32
+    m = torch.backends.cuda.matmul
+    flag = "fp32_precision" if hasattr(m, "fp32_precision") else "allow_tf32"
+    saved = getattr(m, flag)
     sinklabel.solve(torch.from_numpy(make_scores(100, 3, seed=0)), 10.0)
-    assert torch.backends.cuda.matmul.allow_tf32 == saved
+    with _torch._no_tf32():
+        assert getattr(m, flag) in ("ieee", False)
+    assert getattr(m, flag) == saved
 
 
 def test_plain_path_when_triton_is_switched_off(monkeypatch):
@@ -309,11 +314,14 @@ def test_cuda_numpy_in_numpy_out_and_tf32_changes_nothing(monkeypatch):
     S = make_scores(2000, 50, seed=13)
     res = sinklabel.solve(S, 25.0, device="cuda")
     assert res.backend == "torch" and type(res.labels) is np.ndarray
+    m = torch.backends.cuda.matmul
+    flag = "fp32_precision" if hasattr(m, "fp32_precision") else "allow_tf32"
+    off, on = ("ieee", "tf32") if flag == "fp32_precision" else (False, True)
     for use_triton in ("auto", "0"):
         monkeypatch.setattr(_torch, "USE_TRITON", use_triton)
         out = []
-        for tf32 in (False, True):
-            monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", tf32)
+        for tf32 in (off, on):
+            monkeypatch.setattr(m, flag, tf32)
             out.append(sinklabel.solve(S, 25.0, device="cuda"))
         assert out[0].n_iter == out[1].n_iter
         np.testing.assert_array_equal(out[0].log_v, out[1].log_v)

@@ -68,14 +68,26 @@ def _torch_dtype(np_dtype: Any) -> torch.dtype:
 
 @contextlib.contextmanager
 def _no_tf32():
-    """Full float32 matmuls on CUDA for the duration (restored after)."""
+    """Full float32 matmuls on CUDA for the duration (the user's setting restored after).
+
+    torch >= 2.9 has ``fp32_precision``; reading the legacy ``allow_tf32`` there raises
+    once a program has used the new API, while the new API reads and restores safely
+    whichever one the user set.
+    """
     m = torch.backends.cuda.matmul
-    saved = m.allow_tf32
-    m.allow_tf32 = False
+    new_api = hasattr(m, "fp32_precision")
+    saved = m.fp32_precision if new_api else m.allow_tf32
+    if new_api:
+        m.fp32_precision = "ieee"
+    else:
+        m.allow_tf32 = False
     try:
         yield
     finally:
-        m.allow_tf32 = saved
+        if new_api:
+            m.fp32_precision = saved
+        else:
+            m.allow_tf32 = saved
 
 
 def _triton():
