@@ -80,6 +80,42 @@ PROBLEMS = {
 }
 
 
+# balanced=True: exactly balanced labels over the ranks (each rank's shard, one tiny rank)
+BALANCED = {
+    # 2 ranks, numpy float32, K does not divide N, no prior: 4 candidates of 20 per point
+    "bal2": dict(ranks=[0, 1], n=503, k=20, kind="realistic", seed=21, sizes=[500, 3], lam=25.0),
+    # 3 ranks, torch float32, a probability prior, one rank with a single point; K = 7:
+    # whole rows travel (4 pairs are no shorter)
+    "bal3": dict(
+        ranks=[0, 1, 2],
+        n=301,
+        k=7,
+        kind="collapsed",
+        seed=22,
+        sizes=[180, 1, 120],
+        lam=10.0,
+        prob_prior=True,
+        torch=True,
+    ),
+    # 4 ranks, float64, two heads, an integer prior; one candidate per point at first, so
+    # that points are sent again with more candidates over several rounds
+    "bal4": dict(
+        ranks=[0, 1, 2, 3],
+        n=410,
+        k=16,
+        kind="collapsed",
+        seed=23,
+        sizes=[200, 2, 150, 58],
+        lam=25.0,
+        heads=2,
+        int_prior=True,
+        dtype=np.float64,
+        candidates=1,
+    ),
+}
+PROBLEMS.update(BALANCED)
+
+
 def problem_data(name):
     p = PROBLEMS[name]
     heads = [
@@ -95,6 +131,8 @@ def problem_data(name):
         sizes = np.floor(r * p["n"]).astype(np.int64)
         sizes[0] += p["n"] - sizes.sum()
         kw["prior"] = sizes
+    if p.get("prob_prior"):
+        kw["prior"] = np.random.default_rng(p["seed"]).dirichlet(np.full(p["k"], 5.0))
     return S, kw
 
 
@@ -266,9 +304,49 @@ def scenario_lam_differs(rank, group):
     return sd.solve(S, group=group, **kw)
 
 
-def scenario_balanced(rank, group):
+def scenario_balanced(name, rank, group):
+    S, kw = local_problem(name, rank)
+    saved = sd._CANDIDATES
+    sd._CANDIDATES = PROBLEMS[name].get("candidates", saved)
+    try:
+        res = sd.solve(S, balanced=True, group=group, **kw)
+    finally:
+        sd._CANDIDATES = saved
+    out = summary(res)
+    out.update(
+        certified=[h.certified for h in res.heads],
+        gap=[h.gap for h in res.heads],
+        target_sizes=[h.target_sizes for h in res.heads],
+        balanced=[h.balanced for h in res.heads],
+        info=res.extra["balanced"],
+    )
+    return out
+
+
+def scenario_balanced_weights(rank, group):
     S, kw = local_problem("eq4", rank)
-    return sd.solve(S, balanced=True, group=group, **kw)
+    return sd.solve(S, balanced=True, weights=np.ones(S.shape[0]), group=group, **kw)
+
+
+def scenario_balanced_differs(rank, group):
+    S, kw = local_problem("eq4", rank)
+    return sd.solve(S, balanced=rank != 1, group=group, **kw)
+
+
+def scenario_balanced_fails(victim, function):
+    """``function`` of sinklabel.distributed raises on rank ``victim`` in the balanced step."""
+
+    def run(rank, group):
+        S, kw = local_problem("bal3", rank)
+        saved = getattr(sd, function)
+        if rank == victim:
+            setattr(sd, function, lambda *a, **k: boom(None))
+        try:
+            return sd.solve(S, balanced=True, group=group, **kw)
+        finally:
+            setattr(sd, function, saved)
+
+    return run
 
 
 def scenario_sabotage(problem, backend, method, when, action, victim):
@@ -317,7 +395,13 @@ SCENARIOS = [
     ("nan_scores", None, scenario_nan_scores),
     ("bad_weights", None, scenario_bad_weights),
     ("lam_differs", None, scenario_lam_differs),
-    ("balanced", None, scenario_balanced),
+    ("bal2", "g2", lambda r, g: scenario_balanced("bal2", r, g)),
+    ("bal3", "g3", lambda r, g: scenario_balanced("bal3", r, g)),
+    ("bal4", None, lambda r, g: scenario_balanced("bal4", r, g)),
+    ("balanced_weights", None, scenario_balanced_weights),
+    ("balanced_differs", None, scenario_balanced_differs),
+    ("balanced_root_fails", "g3", scenario_balanced_fails(0, "balance")),
+    ("balanced_rank_fails", "g3", scenario_balanced_fails(2, "_reduced_costs")),
     ("not_member", None, scenario_not_member),
     ("raises", None, scenario_sabotage("eq4", "numpy", "sweep", 7, boom, victim=1)),
     ("nan_midway", "g3", scenario_sabotage("eq3", "torch", "log_sweep", 2, nan_log_sweep, victim=2)),
@@ -408,6 +492,7 @@ def single_process(name, **extra):
     S, kw = problem_data(name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", sinklabel.ConvergenceWarning)
+        extra.setdefault("balanced", False)  # the argmax labels, unless asked
         return S, kw, sinklabel.solve(torch.from_numpy(S) if p.get("torch") else S, **kw, **extra)
 
 
@@ -471,9 +556,13 @@ def test_communication_per_sweep_is_order_k(session):
             assert ours["calls"]["decision"] <= run["n_iter"]  # at most one per check
             per_iter = (ours["bytes"]["sweep"] + ours["bytes"]["decision"]) / run["n_iter"]
             assert per_iter <= 8 * k + 64
-        by = {(r["n"], r["k"]): r["bytes"] for r in runs}
-        assert by[(100, 8)] == by[(1000, 8)]  # independent of N
-        assert all(r["n_iter"] == MAX_ITER_COMM for r in runs)
+        # independent of N: every kind of exchange carries as many bytes per call
+        size = {
+            (r["n"], r["k"]): {kind: b / r["ours"]["calls"][kind] for kind, b in r["ours"]["bytes"].items()}
+            for r in runs
+        }
+        assert size[(100, 8)] == size[(1000, 8)]
+        assert all(r["n_iter"] <= MAX_ITER_COMM for r in runs)
 
 
 def test_batch_codes_equal_single_process(session):
@@ -516,10 +605,84 @@ def test_arguments_must_agree_across_ranks(session):
         assert kind == "ValueError" and "same arguments" in msg
 
 
-def test_balanced_is_refused_for_now(session):
+@pytest.mark.parametrize("name", sorted(BALANCED))
+def test_balanced_equals_single_process_and_exact(session, name):
+    """The LP optimum of the concatenated scores, exact global sizes, certified on every rank."""
+    from sinklabel.exact import solve_exact
+
+    p = PROBLEMS[name]
+    S, kw, ref = single_process(name, balanced=True)
+    outs = [ok(session, name, r) for r in p["ranks"]]
+    heads = S if S.ndim == 3 else S[None]
+    for t, h in enumerate(ref.heads):
+        labels = np.concatenate([np.atleast_2d(o["labels"])[t] for o in outs])
+        sizes = np.bincount(labels, minlength=p["k"])
+        picked = heads[t][np.arange(p["n"]), labels].astype(np.float64)
+        exact = solve_exact(heads[t], prior=kw.get("prior"))
+        for o in outs:  # global results, equal on every rank
+            assert o["balanced"][t] and o["certified"][t]
+            assert 0.0 <= o["gap"][t] <= 1e-9 and o["gap"][t] == outs[0]["gap"][t]
+            np.testing.assert_array_equal(o["sizes"][t], sizes)
+            np.testing.assert_array_equal(o["target_sizes"][t], outs[0]["target_sizes"][t])
+            assert o["objective"][t] == outs[0]["objective"][t]
+            assert o["info"][t]["rounds"] == outs[0]["info"][t]["rounds"]
+        assert h.certified
+        assert outs[0]["objective"][t] == pytest.approx(h.objective, rel=1e-9)
+        assert outs[0]["objective"][t] == pytest.approx(exact.objective, rel=1e-9)
+        assert -picked.mean() == pytest.approx(h.objective, rel=1e-9)
+        if "prior" in kw:  # exactly the target sizes
+            np.testing.assert_array_equal(sizes, h.target_sizes)
+            np.testing.assert_array_equal(outs[0]["target_sizes"][t], h.target_sizes)
+        else:  # N // K or N // K + 1, the optimiser's choice
+            base = p["n"] // p["k"]
+            assert set(sizes.tolist()) == {base, base + 1} and sizes.sum() == p["n"]
+            np.testing.assert_array_equal(outs[0]["target_sizes"][t], sizes)
+        for o in outs:  # the distributed Sinkhorn's potentials, as for balanced=False
+            np.testing.assert_array_equal(o["log_v"][t], outs[0]["log_v"][t])
+    assert outs[0]["type"] == ("Tensor" if p.get("torch") else "ndarray")
+    if name == "bal4":  # one candidate per point at first: several rounds
+        assert all(i["rounds"] > 1 for i in outs[0]["info"])
+
+
+def test_balanced_communication(session):
+    """Per round: an all-reduce of the counts (world + 2 floats: 2 status slots), of the
+    prices (K + 1 + 2) and of the certificate's sums (K + 5 + 2);
+    the scores of the points sent to rank 0 (row, then 4 (cluster, score) pairs: 9 floats
+    for K = 20 in the first round) and one label per point back."""
+    outs = [ok(session, "bal2", r) for r in (0, 1)]
+    for o in outs:
+        rounds, c = o["info"][0]["rounds"], o["comm"]
+        assert c["bytes"]["balanced"] == rounds * 8 * ((2 + 2) + (20 + 1 + 2) + (5 + 20 + 2))
+    sent = outs[1]["comm"]["bytes"]["balanced_gather"]  # the 3 points of rank 1
+    assert sent == outs[0]["comm"]["received_bytes"]["balanced_gather"]
+    if outs[0]["info"][0]["rounds"] == 1:
+        assert sent == 3 * 9 * 8
+    assert (
+        outs[0]["comm"]["bytes"]["balanced_scatter"] == outs[1]["comm"]["received_bytes"]["balanced_scatter"]
+    )
+    assert outs[0]["info"][0]["points_gathered"] >= 503
+
+
+def test_balanced_refuses_weights_on_every_rank(session):
     for r in range(WORLD):
-        kind, msg, _ = raised(session, "balanced", r)
-        assert kind == "ValueError" and "not supported by sinklabel.distributed yet" in msg
+        kind, msg, _ = raised(session, "balanced_weights", r)
+        assert kind == "ValueError" and "`weights` is not supported with balanced=True" in msg
+
+
+def test_balanced_must_agree_across_ranks(session):
+    for r in range(WORLD):
+        kind, msg, _ = raised(session, "balanced_differs", r)
+        assert kind == "ValueError" and "same arguments" in msg
+
+
+@pytest.mark.parametrize("name,victim", [("balanced_root_fails", 0), ("balanced_rank_fails", 2)])
+def test_a_failure_in_the_balanced_step_stops_every_rank(session, name, victim):
+    kind, msg, _ = raised(session, name, victim)
+    assert kind == "RuntimeError" and msg.startswith("boom")
+    for r in {0, 1, 2} - {victim}:
+        kind, msg, seconds = raised(session, name, r)
+        assert kind == "DistributedError" and "another rank failed" in msg
+        assert seconds < 30
 
 
 def test_a_process_outside_the_group_is_told(session):

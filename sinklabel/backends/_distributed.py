@@ -19,6 +19,10 @@ shard and combines the *cluster* quantities (length K) over the group. Row quant
 So every rank takes every decision of the driver (convergence, absorption, rescue) on the
 same numbers at the same sweep, and the communication is O(K) per sweep.
 
+The balanced step of :mod:`sinklabel.distributed` (``balanced=True``, after the solve) also
+moves row data: :meth:`Exchange.gather` / :meth:`Exchange.scatter`, point-to-point to and
+from rank 0 of the group, at sizes every rank knows beforehand.
+
 Failures. Every exchange carries two status slots: *failed* (a primitive raised on that
 rank) and *nan* (its log-domain sweep produced NaN, which no valid input does). A rank
 whose primitive raises keeps its error, sends "failed" and dummy values from then on, and
@@ -56,7 +60,9 @@ class Exchange:
 
     Vectors travel as float64 torch tensors on the group's device (the tensor's own
     device, or the current CUDA device for numpy data on an NCCL group). ``sent_bytes``
-    and ``calls`` count what was handed to ``all_reduce`` (per rank), by ``kind``.
+    and ``calls`` count what this rank handed to ``all_reduce`` or sent point-to-point,
+    by ``kind``; ``received_bytes`` what it received point-to-point (:meth:`gather`,
+    :meth:`scatter`, used only by the balanced step).
     """
 
     _OPS = {"sum": "SUM", "max": "MAX", "min": "MIN"}
@@ -72,6 +78,7 @@ class Exchange:
         self.error: BaseException | None = None
         self.status: dict = {}  # device -> (failed, nan) read back from the exchanges there
         self.sent_bytes: dict[str, int] = {}
+        self.received_bytes: dict[str, int] = {}  # point-to-point only (see gather/scatter)
         self.calls: dict[str, int] = {}
 
     def wire(self, x: Any) -> torch.Tensor:
@@ -113,6 +120,54 @@ class Exchange:
         self.status[dev] = torch.maximum(self.status[dev], got) if dev in self.status else got
         return payload[:-2]
 
+    # -- point-to-point, to and from rank 0 of the group (the balanced step) --------------
+    def _peer(self, r: int) -> int:
+        """The global rank of the group's rank ``r`` (what send/recv address)."""
+        return r if self.group is None else dist.get_global_rank(self.group, r)
+
+    def _p2p(self, fn: Any, t: torch.Tensor, r: int, kind: str, sent: bool) -> None:
+        book = self.sent_bytes if sent else self.received_bytes
+        book[kind] = book.get(kind, 0) + t.numel() * 8
+        self.calls[kind] = self.calls.get(kind, 0) + 1
+        try:
+            fn(t, self._peer(r), group=self.group)
+        except Exception as exc:  # a rank died, hung past the timeout, or left the solve
+            raise DistributedError(
+                f"sinklabel.distributed: the exchange with rank {r} failed on rank "
+                f"{self.rank} ({type(exc).__name__}: {str(exc)[:300]}); a rank died, hung past "
+                "the process group's timeout, or left the solve"
+            ) from exc
+
+    def gather(self, x: np.ndarray, counts: Any, kind: str) -> list[np.ndarray] | None:
+        """Every rank's float64 vector ``x`` on rank 0 (a list in rank order; ``None``
+        elsewhere). ``counts[r]``, the length of rank ``r``'s vector, must be known to
+        every rank; vectors travel point-to-point at their exact size (no padding).
+        Counted as sent by the sender and received by rank 0."""
+        if self.rank != 0:
+            if counts[self.rank]:
+                self._p2p(dist.send, self.wire(x).reshape(-1), 0, kind, sent=True)
+            return None
+        parts = [np.asarray(x, dtype=np.float64).reshape(-1)]
+        for r in range(1, self.world):
+            buf = self.wire(np.empty(int(counts[r])))
+            if counts[r]:
+                self._p2p(dist.recv, buf, r, kind, sent=False)
+            parts.append(buf.cpu().numpy())
+        return parts
+
+    def scatter(self, parts: list[np.ndarray] | None, count: int, kind: str) -> np.ndarray:
+        """Rank 0's ``parts[r]`` on rank ``r`` (float64; ``count`` floats, known there)."""
+        if self.rank == 0:
+            assert parts is not None
+            for r in range(1, self.world):
+                if parts[r].size:
+                    self._p2p(dist.send, self.wire(parts[r]), r, kind, sent=True)
+            return np.asarray(parts[0], dtype=np.float64)
+        buf = self.wire(np.empty(int(count)))
+        if count:
+            self._p2p(dist.recv, buf, 0, kind, sent=False)
+        return buf.cpu().numpy()
+
     def check(self) -> None:
         """Raise, on every rank at the same point, if any rank failed or produced NaN."""
         if not self.status:
@@ -144,6 +199,7 @@ class Exchange:
         return {
             "world_size": self.world,
             "bytes": dict(self.sent_bytes),
+            "received_bytes": dict(self.received_bytes),
             "calls": dict(self.calls),
             "total_bytes": sum(self.sent_bytes.values()),
         }
