@@ -37,7 +37,7 @@ import numpy as np
 
 from ._auction import BUDGET, DONE, STRANDED, kernels
 
-__all__ = ["BalancedLabels", "balance", "balance_head", "check_balanced", "uncertified_message"]
+__all__ = ["BalancedLabels", "balance", "balance_head", "resolve_balanced", "uncertified_message"]
 
 log = logging.getLogger("sinklabel")
 
@@ -88,19 +88,35 @@ class BalancedLabels:
     seconds: float
 
 
-def check_balanced(weights: Any, n_points: int, n_local: int) -> None:
-    """Refuse what the balanced step cannot do (called before any heavy work)."""
+def resolve_balanced(balanced: Any, weights: Any, n_points: int, n_local: int, inplace: bool) -> bool:
+    """Whether :func:`sinklabel.solve` makes balanced labels (validated before heavy work).
+
+    ``None`` means: whenever they are defined. ``True`` where they are not raises.
+    """
+    if balanced is not None and not isinstance(balanced, (bool, np.bool_)):
+        raise TypeError(f"`balanced` must be True, False or None; got {type(balanced).__name__}")
+    why = None
     if weights is not None:
-        raise ValueError(
+        why = (
             "`weights` is not supported with balanced=True: balanced labels count points "
             "(sizes are numbers of points); drop the weights or use balanced=False"
         )
-    if n_points != n_local:
-        raise ValueError(
+    elif n_points != n_local:
+        why = (
             "balanced=True needs every point's scores in one process; with a distributed "
             f"backend this rank holds {n_local} of {n_points} points (gather the scores or "
             "use balanced=False)"
         )
+    elif inplace:
+        why = (
+            "`inplace=True` cannot be combined with `balanced=True`: the balanced step "
+            "reads the scores after the solve"
+        )
+    if balanced is None:
+        return why is None
+    if balanced and why is not None:
+        raise ValueError(why)
+    return bool(balanced)
 
 
 def balance_head(
@@ -119,7 +135,12 @@ def balance_head(
     out = balance(host, sizes, prices0, flexible=flexible)
     log.debug(
         "balanced: %s in %.3f s (%d bids, %d passes, %d phases), gap/point %.3g",
-        out.status, out.seconds, out.bids, out.passes, out.phases, out.gap,
+        out.status,
+        out.seconds,
+        out.bids,
+        out.passes,
+        out.phases,
+        out.gap,
     )
     return out
 
@@ -230,9 +251,7 @@ def balance(
     slot_of[kp] = slot
     minp = np.where(has_slot, price[np.minimum(start, n_slots - 1)], np.inf)
     dummy_in = np.full(k, -1, dtype=np.int64)
-    waiting = np.concatenate(
-        [pts[~keep], np.flatnonzero(k1 < 0), np.arange(n, n + n_dummy, dtype=np.int64)]
-    )
+    waiting = np.concatenate([pts[~keep], np.flatnonzero(k1 < 0), np.arange(n, n + n_dummy, dtype=np.int64)])
     queue = np.empty(n + n_dummy + 1, dtype=np.int64)
     queue[: waiting.size] = waiting
     head, tail = 0, waiting.size
@@ -257,8 +276,22 @@ def balance(
             # for any larger eps). Later phases start from eps-optimal prices.
             allowance = WAR_BIDS * ((tail - head) % qlen + k) if phases == 1 else budget
             code, bids, head, tail = kern.auction(
-                S, price, holder, slot_of, start, room, dummy_in, minp, queue, head, tail, touched,
-                n, eps, big, min(allowance, budget - bids_total),
+                S,
+                price,
+                holder,
+                slot_of,
+                start,
+                room,
+                dummy_in,
+                minp,
+                queue,
+                head,
+                tail,
+                touched,
+                n,
+                eps,
+                big,
+                min(allowance, budget - bids_total),
             )
             bids_total += bids
             if code != BUDGET or bids_total >= budget:
@@ -279,7 +312,11 @@ def balance(
         bound = (float(np.sum(np.maximum(slack, 0.0))) + _bracket(labels, minp, flexible)) / n
         log.debug(
             "balanced: phase %d, eps %.3g, %d bids, %d points to check, gap/point <= %.3g",
-            phases, eps, bids, cand.size, bound,
+            phases,
+            eps,
+            bids,
+            cand.size,
+            bound,
         )
         if bound <= STOP_RTOL * scale or eps <= eps_floor:
             # the certificate: every reduced cost, in one pass over the scores
@@ -402,12 +439,16 @@ def _complete(S, slot_of, slot_cluster, minp, room, flexible) -> np.ndarray:
     room_left = target - np.bincount(labels[labels >= 0], minlength=k)
     waiting = np.flatnonzero(labels < 0)
     price = np.where(np.isfinite(minp), minp, 0.0)
+    step = max(1, (1 << 21) // k)  # rows per block of float64 temporaries
     while waiting.size:
-        X = S[waiting].astype(np.float64) - price
-        X = np.where(np.isneginf(X), -1e300, X)
-        X[:, room_left <= 0] = -np.inf
-        choice = X.argmax(axis=1)
-        val = X[np.arange(waiting.size), choice]
+        choice = np.empty(waiting.size, dtype=np.int64)
+        val = np.empty(waiting.size, dtype=np.float64)
+        for lo in range(0, waiting.size, step):
+            X = S[waiting[lo : lo + step]].astype(np.float64) - price
+            X = np.where(np.isneginf(X), -1e300, X)
+            X[:, room_left <= 0] = -np.inf
+            choice[lo : lo + step] = X.argmax(axis=1)
+            val[lo : lo + step] = X[np.arange(X.shape[0]), choice[lo : lo + step]]
         done = np.zeros(waiting.size, dtype=bool)
         for c in np.unique(choice):
             who = np.flatnonzero(choice == c)

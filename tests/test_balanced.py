@@ -91,9 +91,22 @@ def test_through_solve_objective_sizes_and_certificate():
     np.testing.assert_array_equal(h.target_sizes, h.sizes)
     assert sorted(set(h.sizes.tolist())) == [100, 101] and h.sizes.sum() == 2003
     assert "balanced (certified optimal" in res.report()
-    plain = sinklabel.solve(S, 25.0)
+    default = sinklabel.solve(S, 25.0)  # balanced labels are the default
+    assert default.heads[0].balanced
+    np.testing.assert_array_equal(default.labels, res.labels)
+    plain = sinklabel.solve(S, 25.0, balanced=False)
     assert not plain.heads[0].balanced and plain.heads[0].certified is None
-    assert plain.objective >= res.objective - 1e-12 or plain.sizes.max() > 101  # argmax is not balanced
+    assert plain.heads[0].gap is None and plain.sizes.max() > 101  # argmax sizes are a few % off
+
+
+def test_default_falls_back_to_argmax_where_balanced_is_undefined():
+    S = make_scores(500, 5, seed=1)
+    with_weights = sinklabel.solve(S, 25.0, weights=np.linspace(1, 2, 500))
+    assert not with_weights.heads[0].balanced
+    with pytest.raises(ValueError, match="`weights` is not supported with balanced=True"):
+        sinklabel.solve(S, 25.0, weights=np.ones(500), balanced=True)
+    with pytest.raises(TypeError, match="`balanced` must be True, False or None"):
+        sinklabel.solve(S, 25.0, balanced="yes")
 
 
 def test_prior_sizes_through_solve():
@@ -200,12 +213,6 @@ def test_infeasible_sizes_are_reported_not_hidden():
     np.testing.assert_array_equal(out.sizes, [3, 3])
 
 
-def test_weights_are_refused():
-    S = make_scores(100, 4, seed=0)
-    with pytest.raises(ValueError, match="`weights` is not supported with balanced=True"):
-        sinklabel.solve(S, balanced=True, weights=np.ones(100))
-
-
 @pytest.mark.skipif(not HAVE_NUMBA, reason="compares the numba and numpy engines")
 def test_numpy_engine_matches_numba():
     S = make_scores(1003, 10, kind="neginf", seed=6)
@@ -236,6 +243,12 @@ def test_cli_balanced_flag(tmp_path, capsys):
     labels = np.load(out)
     assert_optimal(S, labels, np.bincount(labels, minlength=10))
     assert "balanced (certified optimal" in capsys.readouterr().out
+    assert main(["assign", str(path), "-o", str(out)]) == 0  # the default
+    np.testing.assert_array_equal(np.load(out), labels)
+    capsys.readouterr()
+    assert main(["assign", str(path), "-o", str(out), "--no-balanced"]) == 0
+    assert "balanced (" not in capsys.readouterr().out
+    np.testing.assert_array_equal(np.load(out), sinklabel.assign(S, 25.0, balanced=False))
 
 
 @pytest.mark.slow
