@@ -262,12 +262,13 @@ def test_interp_log_sweep_and_build_match_numpy(n, k, dtype, monkeypatch):
     g[k // 2] = -np.inf if k > 1 else g[0]  # an inactive cluster
     log_c = np.full(n, -np.log(n))
     log_c[0] = -np.inf if n > 1 else log_c[0]  # a point of weight 0
-    a, lse = B.log_sweep(S, 25.0, torch.from_numpy(g), torch.from_numpy(log_c))
-    a_ref, lse_ref = ref.log_sweep(S_np, 25.0, g, log_c)
+    lam = 100 / 7  # not a float32: must reach the kernels in float64
+    a, lse = B.log_sweep(S, lam, torch.from_numpy(g), torch.from_numpy(log_c))
+    a_ref, lse_ref = ref.log_sweep(S_np, lam, g, log_c)
     np.testing.assert_allclose(a.numpy(), a_ref, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(lse.numpy(), lse_ref, rtol=1e-12, atol=1e-12)
-    K = B.build_kernel(S, 25.0, torch.from_numpy(a_ref), torch.from_numpy(g))
-    K_ref = ref.build_kernel(S_np, 25.0, a_ref, g)
+    K = B.build_kernel(S, lam, torch.from_numpy(a_ref), torch.from_numpy(g))
+    K_ref = ref.build_kernel(S_np, lam, a_ref, g)
     assert K.numpy().dtype == K_ref.dtype
     np.testing.assert_allclose(K.numpy(), K_ref, rtol=1e-6 if dtype != "float64" else 1e-14, atol=0)
     assert calls == ["log_sweep", "build_kernel"]

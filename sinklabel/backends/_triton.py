@@ -107,9 +107,10 @@ def config(n: int, k: int, device: torch.device) -> tuple[int, int, int, int]:
     if CONFIG_OVERRIDE is not None:
         block_n, warps, per_sm = CONFIG_OVERRIDE
     else:
-        # about 8K elements per tile: whole rows in registers, a few tiles in flight per SM
-        block_n = max(1, min(64, 8192 // block_k))
-        warps = 8 if block_k >= 2048 else 4
+        # 16 entries of the tile per thread: whole rows in registers without spilling
+        # (sm_90 build: 94 registers at K = 3000), two or more programs resident per SM
+        warps = 16 if block_k >= 8192 else 8 if block_k >= 1024 else 4
+        block_n = max(1, min(64, 16 * 32 * warps // block_k))
         per_sm = 4
     if device.type == "cpu":  # the interpreter runs programs one after another
         programs = min(triton.cdiv(n, block_n), 4)
@@ -155,11 +156,12 @@ def _log_sweep_kernel(
     N,
     Kc,
     stride_n,
-    lam,
+    lam_ptr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     HALF: tl.constexpr,
 ):
+    lam = tl.load(lam_ptr)  # float64 (a Python float argument would be typed float32)
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     cols = tl.arange(0, BLOCK_K)
@@ -201,12 +203,13 @@ def _build_kernel(
     Kc,
     stride_s,
     stride_o,
-    lam,
-    floor,
+    par_ptr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     HALF: tl.constexpr,
 ):
+    lam = tl.load(par_ptr)  # float64 (a Python float argument would be typed float32)
+    floor = tl.load(par_ptr + 1)
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     row_ok = rows < N
@@ -259,7 +262,7 @@ def log_sweep(S: torch.Tensor, lam: float, g: torch.Tensor, log_c: torch.Tensor)
             n,
             k,
             S.stride(0),
-            float(lam),
+            torch.tensor([lam], dtype=torch.float64, device=S.device),
             BLOCK_N=block_n,
             BLOCK_K=block_k,
             HALF=S.element_size() < 4,
@@ -288,8 +291,7 @@ def build_kernel(S: torch.Tensor, lam: float, a: torch.Tensor, b: torch.Tensor, 
             k,
             S.stride(0),
             out.stride(0),
-            float(lam),
-            float(floor),
+            torch.tensor([lam, floor], dtype=torch.float64, device=S.device),
             BLOCK_N=block_n,
             BLOCK_K=block_k,
             HALF=S.element_size() < 4,
