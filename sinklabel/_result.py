@@ -49,9 +49,14 @@ class HeadResult:
     balanced : bool
         Whether ``labels`` were made exactly balanced (otherwise: argmax of the plan).
     certified : bool or None
-        For balanced labels, whether dual potentials proved the labels LP-optimal.
+        For balanced labels, whether dual prices ``p`` proved them optimal for the
+        linear program: ``gap <= 1e-9`` times the mean magnitude of the scores and
+        prices involved. ``None`` for argmax labels.
     gap : float or None
-        For balanced labels, the certified duality gap (objective units, >= 0).
+        For balanced labels, the duality gap per point (objective units, >= 0): how far
+        ``objective`` can at most be above the best exactly balanced labelling's,
+        ``(sum_i max_k (S[i, k] - p_k) + sum_k n_k p_k - sum_i S[i, labels_i]) / N``,
+        checked on every pair. ``inf`` if a forbidden (-inf) pair had to be used.
     """
 
     labels: Any
