@@ -127,7 +127,13 @@ def balance_head(
     Reads the scores on the host: the caller's numpy array in place (float16 is widened
     to float32), a CPU tensor through a shared-memory view, a GPU array as one copy.
     """
-    host = original if isinstance(original, np.ndarray) else B.to_numpy(S)
+    if isinstance(original, np.ndarray):
+        host = original
+    elif hasattr(original, "detach"):  # torch: to the host first, widen half precisions there
+        host = original.detach().cpu()
+        host = (host.float() if host.dtype.itemsize < 4 else host).numpy()
+    else:
+        host = B.to_numpy(S)
     host = np.asarray(host)  # a plain ndarray view of memory maps
     if host.dtype not in (np.float32, np.float64):
         host = host.astype(np.float32)
