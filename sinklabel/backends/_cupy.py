@@ -2,7 +2,8 @@
 
 Kernel ``Kmat`` in float32 (float64 for float64 scores; float16 scores are computed in
 float32); vectors in float64 on the same device; exponents formed in float64, as in
-the numpy reference; the kernel is built in one element-wise pass (read S, write Kmat).
+the numpy reference; the kernel is built in one element-wise pass (read S, write Kmat),
+and the exact log-domain sweep in four reductions over S (no N x K temporary).
 The sweep is one CUDA kernel (:data:`_SWEEP_SOURCE`) that reads
 ``Kmat`` once: a group of ``TPR`` threads owns a row, holds it in registers (``R``
 entries per thread), reduces ``sum_k Kmat_ik v_k`` with warp shuffles, forms
@@ -104,6 +105,27 @@ extern "C" __global__ void sinklabel_sweep(
 """
 
 _kernels: dict[tuple[str, int, int], Any] = {}
+
+# max and sum-of-exp over one axis of the logits lam S + p + q (p, q broadcast); the
+# identity -1e308 stands for -inf (the max of a row or column that is -inf throughout)
+_max_logit = cupy.ReductionKernel(
+    "T s, float64 lam, float64 p, float64 q",
+    "float64 out",
+    "lam * (double)s + p + q",
+    "(a > b ? a : b)",
+    "out = a",
+    "-1e308",
+    "sinklabel_max_logit",
+)
+_sum_exp_logit = cupy.ReductionKernel(
+    "T s, float64 lam, float64 p, float64 q",
+    "float64 out",
+    "exp(lam * (double)s + p + q)",
+    "a + b",
+    "out = a",
+    "0",
+    "sinklabel_sum_exp_logit",
+)
 
 # Kmat = exp(lam S + a_i + b_k), exactly 0 below the floor (and for -inf scores)
 _build = cupy.ElementwiseKernel(
@@ -251,23 +273,15 @@ class CupyBackend(Backend):
     def log_sweep(self, S, lam, g, log_c, kernel=False):
         if kernel:
             raise NotImplementedError("the cupy backend has no in-place kernel mode")
+        # four reductions over S, none with an N x K temporary (logits in float64)
         with S.device:
-            n, k = S.shape
-            a = cupy.empty(n, dtype=np.float64)
-            col_max = cupy.full(k, -np.inf)
-            col_sum = cupy.zeros(k)
-            for blk in self._blocks(S):
-                X = S[blk].astype(np.float64) * lam
-                X += g
-                m = X.max(axis=1)  # finite: every row reaches an active cluster
-                a[blk] = -(m + cupy.log(cupy.exp(X - m[:, None]).sum(axis=1)))
-                # X becomes log Q with rows summing to c exactly
-                X += (log_c[blk] + a[blk])[:, None]
-                new_max = cupy.maximum(col_max, X.max(axis=0))
-                shift = cupy.where(cupy.isfinite(new_max), new_max, 0.0)
-                col_sum = col_sum * cupy.exp(col_max - shift) + cupy.exp(X - shift).sum(axis=0)
-                col_max = new_max
-            col_lse = cupy.where(col_sum > 0, cupy.log(col_sum) + col_max, -np.inf)
+            gk = g[None, :]
+            m = _max_logit(S, float(lam), gk, 0.0, axis=1)  # finite: every row reaches a cluster
+            a = -(m + cupy.log(_sum_exp_logit(S, float(lam), gk, -m[:, None], axis=1)))
+            h = (log_c + a)[:, None]  # log Q = lam S + g + h: rows sum to c exactly
+            top = _max_logit(S, float(lam), gk, h, axis=0)  # -1e308 for a column of -inf only
+            total = _sum_exp_logit(S, float(lam), (g - top)[None, :], h, axis=0)
+            col_lse = cupy.where(total > 0, cupy.log(total) + top, -np.inf)
         return a, col_lse
 
     def build_kernel(self, S, lam, a, b, out=None, kernel=False):
