@@ -467,7 +467,7 @@ def part2(device: str, budget: Budget, n: int, k: int, heads: int, table: Table)
     print(f"\n== part 2: timings, N={n:,} K={k:,} lam={lam:g} tol={tol:g} on {device} ==", flush=True)
     bytes_f32 = n * k * 4
     t_gen, S = timed(lambda: make_scores_torch(n, k, seed=0, device=device), device)
-    table.add(f"generate scores (float32, {bytes_f32 / 1e9:.1f} GB, on the device)", ms(t_gen))
+    table.add(f"generate scores (float32, {bytes_f32 / 1e9:.2f} GB, on the device)", ms(t_gen))
 
     # the floor
     dst = torch.empty_like(S)
@@ -642,8 +642,8 @@ def part2(device: str, budget: Budget, n: int, k: int, heads: int, table: Table)
             its.append(r.n_iter)
             done += 1
         note = (
-            f"scores regenerated into one buffer per head ({bytes_f32 / 1e9:.1f} GB scores "
-            f"+ {bytes_f32 / 1e9:.1f} GB kernel resident)"
+            f"scores regenerated into one buffer per head ({bytes_f32 / 1e9:.2f} GB scores "
+            f"+ {bytes_f32 / 1e9:.2f} GB kernel resident)"
         )
         if done < heads:
             note += f"; budget allowed {done} heads, time scaled x{heads / done:.1f}"
