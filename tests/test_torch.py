@@ -33,17 +33,39 @@ def host(x):
 
 
 def assert_matches_numpy(S_np, res, lam, ref=None):
-    """Potentials close, labels equal up to near-ties, marginals within tolerance."""
-    ref = sinklabel.solve(S_np, lam, backend="numpy") if ref is None else ref
+    """The same answer as the numpy reference, to the tolerance.
+
+    The plan rebuilt on the host from the returned potentials has its marginals within
+    ``tol``; labels agree except at near-ties. At ``tol = 1e-3`` the potentials
+    themselves are pinned down only loosely (a cluster few points like has a flat dual
+    direction, and accelerated trajectories differ with the summation order), so they
+    are compared loosely here and tightly in ``test_potentials_match_numpy_when_tight``.
+    """
+    ref = sinklabel.solve(S_np, lam, backend="numpy", tol=res.tol) if ref is None else ref
     for h, r, S in zip(res.heads, ref.heads, S_np if ref.multi_head else [S_np]):
         assert h.converged == r.converged and h.error <= res.tol
         lv, rv = host(h.log_v), r.log_v
-        np.testing.assert_allclose(lv - lv.max(), rv - rv.max(), atol=5e-3 * lam)
+        dv = np.abs((lv - lv.max()) - (rv - rv.max())).max()
+        assert dv <= 0.02 * lam
         labels = host(h.labels)
         X = lam * np.asarray(S, np.float64) + rv
-        for i in np.flatnonzero(labels != r.labels):  # only near-ties may differ
-            assert X[i, r.labels[i]] - X[i, labels[i]] < 5e-3 * lam
+        differ = np.flatnonzero(labels != r.labels)
+        assert differ.size <= 0.01 * labels.size
+        for i in differ:  # only near-ties may differ
+            assert X[i, r.labels[i]] - X[i, labels[i]] <= 2 * dv + 5e-3 * lam
         assert_marginals(S, lam, type(h)(**{**h.__dict__, "log_u": host(h.log_u), "log_v": lv}), res.tol)
+
+
+@pytest.mark.parametrize("kind", ["realistic", "collapsed", "neginf"])
+@pytest.mark.parametrize("dtype,tol", [(np.float32, 1e-5), (np.float64, 1e-7)])
+def test_potentials_match_numpy_when_tight(kind, dtype, tol):
+    S = make_scores(2000, 30, kind=kind, seed=31, dtype=dtype)
+    res = sinklabel.solve(torch.from_numpy(S), 25.0, tol=tol)
+    ref = sinklabel.solve(S, 25.0, tol=tol, backend="numpy")
+    assert res.converged and ref.converged
+    lv, rv = host(res.log_v), ref.log_v
+    limit = 2e-3 * 25 if dtype == np.float32 else 1e-4 * 25
+    np.testing.assert_allclose(lv - lv.max(), rv - rv.max(), atol=limit)
 
 
 # -- routing -------------------------------------------------------------------------
