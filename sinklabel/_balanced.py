@@ -47,6 +47,8 @@ CERT_RTOL = 1e-9
 STOP_RTOL = 1e-12
 #: epsilon is divided by this between phases
 THETA = 8.0
+#: the first epsilon, as a fraction of the typical price rise the seed needs
+EPS0_FRACTION = 0.2
 #: bids per waiting point (and per cluster) after which a phase raises its epsilon
 WAR_BIDS = 20
 
@@ -256,6 +258,12 @@ def balance(
     holder[slot] = kp
     slot_of[kp] = slot
     minp = np.where(has_slot, price[np.minimum(start, n_slots - 1)], np.inf)
+    contested = (np.bincount(ks, minlength=k) > room) & has_slot
+    if eps0 is None and contested.any():
+        # the price rise that sheds an over-demanded cluster's excess at the seed says
+        # how far the starting prices are from clearing: the first phase's scale
+        rise = float(np.median((minp - p0)[contested]))
+        eps = max(eps, EPS0_FRACTION * rise)
     dummy_in = np.full(k, -1, dtype=np.int64)
     waiting = np.concatenate([pts[~keep], np.flatnonzero(k1 < 0), np.arange(n, n + n_dummy, dtype=np.int64)])
     queue = np.empty(n + n_dummy + 1, dtype=np.int64)
