@@ -35,6 +35,9 @@ ROWS = {
     "heads": [
         ("SeLa T=1", ["--num-clusters", "10"]),
     ],
+    "balanced": [
+        ("SeLa, balanced labels", ["--balanced"]),
+    ],
     "imbalance": [
         (f"{m} {imb}", flags + ["--imbalance", imb])
         for imb in ("light", "heavy")

@@ -102,6 +102,8 @@ class Config:
     """sinklabel's lam (1/regularisation). Paper: 25."""
     tol: float = 1e-3
     max_iter: int = 5000
+    solver_backend: str = "auto"
+    """sinklabel's ``backend`` (``auto``, ``numpy``, ``numba``, ``torch``, ``cupy``)."""
     balanced: bool = False
     """Exactly balanced hard labels (sinklabel's ``balanced=True``). Off: the paper's plain
     argmax of the transport plan (cluster sizes within a few per cent of N/K)."""

@@ -68,7 +68,7 @@ def solve_kwargs(cfg, solve=None) -> dict:
     """Keywords for ``sinklabel.solve``. ``balanced`` is passed explicitly whenever this
     sinklabel knows it (its own default may differ from the paper's argmax), and is required
     only when asked for."""
-    kw = dict(lam=cfg.lam, tol=cfg.tol, max_iter=cfg.max_iter)
+    kw = dict(lam=cfg.lam, tol=cfg.tol, max_iter=cfg.max_iter, backend=cfg.solver_backend)
     if cfg.balanced or "balanced" in inspect.signature(solve or sinklabel.solve).parameters:
         kw["balanced"] = bool(cfg.balanced)
     return kw
@@ -76,7 +76,9 @@ def solve_kwargs(cfg, solve=None) -> dict:
 
 def sinkhorn_step(scores: list[np.ndarray], cfg, previous):
     """Solve all heads with sinklabel, warm-started from the previous step's result."""
+    threads = torch.get_num_threads()
     res = sinklabel.solve(scores, init=previous, **solve_kwargs(cfg))
+    torch.set_num_threads(threads)  # a numba (OpenMP) backend can change torch's thread count
     if not res.converged:
         log.warning(
             "sinklabel did not converge in %d iterations (lam=%g, tol=%g)",
