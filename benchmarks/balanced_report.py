@@ -100,8 +100,9 @@ def one_pass_seconds(S: np.ndarray, rounds: int = 3) -> float:
     return float(np.median(times))
 
 
-def beside_sinkhorn(n: int, k: int, rounds: int, backends: list[str]) -> None:
+def beside_sinkhorn(n: int, k: int, rounds: int, backends: list[str], engine: str | None) -> None:
     print(f"## balanced step beside the Sinkhorn solve: N = {n:,}, K = {k:,}, float32, lam = {LAM:g}")
+    print(f"balanced step engine: {kernels(engine).engine}")
     print(f"machine: {machine()}")
     t = time.perf_counter()
     S = make_scores(n, k, seed=0)
@@ -117,17 +118,17 @@ def beside_sinkhorn(n: int, k: int, rounds: int, backends: list[str]) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name in backends:
         sinkhorn_small = make_scores(2000, 20, seed=1)
-        sinklabel.solve(sinkhorn_small, LAM, backend=name)  # compile / warm the backend
+        sinklabel.solve(sinkhorn_small, LAM, backend=name, balanced=False)  # compile / warm the backend
         t_sink, t_bal, iters, outs = [], [], [], []
         res = None
         for _ in range(rounds):
             t = time.perf_counter()
-            res = sinklabel.solve(S, LAM, backend=name)
+            res = sinklabel.solve(S, LAM, backend=name, balanced=False)
             t_sink.append(time.perf_counter() - t)
             iters.append(res.n_iter)
             p0 = -np.asarray(res.log_v, dtype=np.float64) / LAM
             t = time.perf_counter()
-            out = balance(S, sizes, p0, flexible=True)
+            out = balance(S, sizes, p0, flexible=True, engine=engine)
             t_bal.append(time.perf_counter() - t)
             outs.append(out)
         exact_sizes = all(
@@ -151,10 +152,10 @@ def beside_sinkhorn(n: int, k: int, rounds: int, backends: list[str]) -> None:
         f"{obj_opt:.6f} (the LP optimum for exact sizes; certified gap {opt.gap:.2g} per point)"
     )
     t = time.perf_counter()
-    e2e = sinklabel.solve(S, LAM, balanced=True)
+    e2e = sinklabel.solve(S, LAM)  # the default: balanced
     h = e2e.heads[0]
     print(
-        f"end to end, solve(balanced=True) [{e2e.backend}]: {time.perf_counter() - t:.2f} s, "
+        f"end to end, solve() (balanced by default) [{e2e.backend}]: {time.perf_counter() - t:.2f} s, "
         f"certified {h.certified}, gap {h.gap:.2g}, sizes {h.sizes.min()}/{h.sizes.max()}"
     )
     print(f"load average after: {', '.join(f'{x:.1f}' for x in os.getloadavg())}\n")
@@ -179,7 +180,7 @@ def emd_reach(sizes: list[tuple[int, int]], timeout: float) -> None:
     for n, k in sizes:
         S = make_scores(n, k, seed=3)
         t = time.perf_counter()
-        res = sinklabel.solve(S, LAM)
+        res = sinklabel.solve(S, LAM, balanced=False)
         t_sink = time.perf_counter() - t
         t = time.perf_counter()
         out = balance(S, integer_sizes(n, None, k), -np.asarray(res.log_v) / LAM, flexible=True)
@@ -208,7 +209,7 @@ def emd_reach(sizes: list[tuple[int, int]], timeout: float) -> None:
             break
 
 
-def imagenet(n: int, k: int, subsample: int) -> None:
+def imagenet(n: int, k: int, subsample: int, inplace: bool) -> None:
     import psutil
 
     need = n * k * 4
@@ -222,19 +223,28 @@ def imagenet(n: int, k: int, subsample: int) -> None:
     S = np.empty((n, k), dtype=np.float32)
     make_scores(n, k, seed=0, out=S)
     print(f"scores generated in {time.perf_counter() - t:.0f} s")
-    # the warm start: Sinkhorn on the first N / `subsample` points, a view (the full solve
-    # would need an N x K kernel beside the scores, which this machine cannot hold; the
-    # generator's rows are independent draws, so the first ones are a fair sample)
-    sub = S[: n // subsample]
+    # the warm start: a Sinkhorn solve on the first N / `subsample` points (independent
+    # draws, a fair sample), or with --inplace on the full problem, overwriting the
+    # scores with its kernel (the only way to fit it in 24 GB); the scores are then
+    # generated again for the balanced step, which needs them
     t = time.perf_counter()
-    res = sinklabel.solve(sub, LAM)
+    if inplace:
+        res = sinklabel.solve(S, LAM, balanced=False, inplace=True)
+        what = "the full problem, inplace=True"
+    else:
+        res = sinklabel.solve(S[: n // subsample], LAM, balanced=False)
+        what = f"the first {n // subsample:,} points"
     t_sink = time.perf_counter() - t
     print(
-        f"warm start: Sinkhorn on the first {sub.shape[0]:,} points [{res.backend}]: "
-        f"{t_sink:.1f} s, {res.n_iter} iterations, converged {res.converged}"
+        f"Sinkhorn on {what} [{res.backend}]: {t_sink:.1f} s, {res.n_iter} iterations, "
+        f"converged {res.converged}"
     )
     p0 = -np.asarray(res.log_v) / LAM
-    del sub, res
+    del res
+    if inplace:
+        t = time.perf_counter()
+        make_scores(n, k, seed=0, out=S)
+        print(f"scores generated again in {time.perf_counter() - t:.0f} s")
     floor = one_pass_seconds(S, rounds=1)
     rss0 = psutil.Process().memory_info().rss
     with PeakRSS() as mem:
@@ -246,7 +256,7 @@ def imagenet(n: int, k: int, subsample: int) -> None:
         f"balanced step: {t_bal:.1f} s ({t_bal / floor:.1f} passes' time; one pass {floor:.1f} s), "
         f"{out.bids:,} bids, {out.phases} phases, {out.passes} full passes; sizes exact: {ok} "
         f"({out.sizes.min()}/{out.sizes.max()}); certified {out.certified}, gap {out.gap:.2g} per point "
-        f"(objective {objective(S, out.labels):.6f})"
+        f"(objective {objective(S, out.labels):.6f}); step ÷ Sinkhorn solve {t_bal / t_sink:.3f}"
     )
     print(
         f"memory: process peak {mem.peak / 2**30:.2f} GiB = scores {S.nbytes / 2**30:.2f} GiB + "
@@ -262,12 +272,14 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=1_000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--backends", default=None, help="comma-separated (default: every CPU backend)")
+    ap.add_argument("--engine", default=None, help="balanced step: numba (default if installed) or numpy")
     ap.add_argument("--emd", action="store_true", help="POT ot.emd's reach instead")
     ap.add_argument("--emd-sizes", default="20000x100,50000x100,100000x100,200000x100")
     ap.add_argument("--emd-timeout", type=float, default=900.0)
     ap.add_argument("--emd-one", nargs=2, type=int, help=argparse.SUPPRESS)
     ap.add_argument("--imagenet", action="store_true", help="N=1,281,167 K=3,000 instead")
     ap.add_argument("--subsample", type=int, default=10, help="warm start from the first N / this (10)")
+    ap.add_argument("--inplace", action="store_true", help="warm start: solve the full problem in place")
     args = ap.parse_args()
     if args.emd_one:
         emd_one(*args.emd_one)
@@ -275,11 +287,11 @@ def main() -> None:
         sizes = [tuple(int(x) for x in s.split("x")) for s in args.emd_sizes.split(",")]
         emd_reach(sizes, args.emd_timeout)
     elif args.imagenet:
-        imagenet(1_281_167, 3_000, args.subsample)
+        imagenet(1_281_167, 3_000, args.subsample, args.inplace)
     else:
         cpu = [b for b in available_backends() if b in ("numba", "numpy", "torch")]
         backends = args.backends.split(",") if args.backends else cpu
-        beside_sinkhorn(args.n, args.k, args.rounds, backends)
+        beside_sinkhorn(args.n, args.k, args.rounds, backends, args.engine)
 
 
 if __name__ == "__main__":
