@@ -211,8 +211,8 @@ def test_result_is_frozen_and_reports():
     with pytest.raises(AttributeError):
         res.labels = None
     text = res.report()
-    assert "converged" in text and "numpy" in text
-    assert res.wall_time > 0 and res.backend == "numpy"
+    assert "converged" in text and res.backend in text
+    assert res.wall_time > 0 and res.backend in sinklabel.available_backends()
 
 
 def test_non_convergence_warns_once_and_says_so():
