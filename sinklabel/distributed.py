@@ -107,6 +107,7 @@ def solve(
     check_every: int | None = None,
     balanced: bool = False,
     group: Any = None,
+    acceleration: str | None = "anderson",
 ) -> Result:
     """:func:`sinklabel.solve` for the points of all ranks of a process group.
 
@@ -118,7 +119,7 @@ def solve(
         This rank's shard of the scores (at least one point per rank).
     weights : array of shape (n_local_points,), optional
         This rank's point masses; normalised by their sum over all ranks.
-    prior, init, lam, tol, max_iter, backend, device, check_every
+    prior, init, lam, tol, max_iter, backend, device, check_every, acceleration
         As in :func:`sinklabel.solve`, and equal on every rank. Integer priors sum to the
         global number of points.
     balanced : bool, default False
@@ -184,7 +185,7 @@ def solve(
     world = _group_size(group)
     kwargs: dict[str, Any] = dict(
         tol=tol, max_iter=max_iter, prior=prior, weights=weights, init=init, device=device,
-        check_every=check_every,
+        check_every=check_every, acceleration=acceleration,
     )  # fmt: skip
     if world == 1:
         if balanced:

@@ -20,6 +20,7 @@ __all__ = ["BACKENDS", "BackendNotAvailable", "available_backends", "get_backend
 # name -> (module, class, pip extra, the library the backend needs)
 BACKENDS: dict[str, tuple[str, str, str, str]] = {
     "numpy": ("sinklabel.backends._numpy", "NumpyBackend", "", "numpy"),
+    "numba": ("sinklabel.backends._numba", "NumbaBackend", "numba", "numba"),
     "torch": ("sinklabel.backends._torch", "TorchBackend", "torch", "torch"),
     "cupy": ("sinklabel.backends._cupy", "CupyBackend", "cupy", "cupy"),
 }
@@ -39,9 +40,7 @@ def get_backend(name: str) -> Backend:
     if name in _cache:
         return _cache[name]
     if name not in BACKENDS:
-        raise ValueError(
-            f"`backend` must be one of {['auto', *BACKENDS]}; got {name!r}"
-        )
+        raise ValueError(f"`backend` must be one of {['auto', *BACKENDS]}; got {name!r}")
     module, cls, extra, needs = BACKENDS[name]
     try:
         mod = importlib.import_module(module)

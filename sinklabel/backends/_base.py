@@ -25,6 +25,12 @@ counts; it supplies:
     ``acc_k = sum_i Kmat_ik u_i``; the column masses of the plan are then ``v * acc``.
 ``argmax(S, lam, g)`` / ``gather(S, labels)``
     Hard labels ``argmax_k (lam S_ik + g_k)`` and ``S[i, labels_i]``.
+``stream_sweep(S, lam, a, g, c)`` (only where ``supports_stream``)
+    The sweep without a stored kernel, for ``solve(..., kernel="streamed")``: with
+    ``E_ik = exp(lam S_ik + a_i + g_k)`` computed on the fly (``a`` the row potentials
+    of the previous sweep, so rows of E sum to about 1), returns ``a_i - log sum_k E_ik``
+    (rows exact at ``g``) and the column masses ``sum_i c_i E_ik / sum_k E_ik``. No
+    N x K array; the driver rescues through ``log_sweep`` if a row overflows.
 ``adopt(S, device)``
     The scores as the backend computes on them (its library, on ``device``; ``None``:
     where they are, or the host for a numpy array); ``TypeError`` for arrays it cannot
@@ -68,6 +74,8 @@ class Backend:
     library: str = "numpy"
     #: how many sweeps between two convergence checks (each check may synchronise a device)
     check_every: int = 1
+    #: whether ``stream_sweep`` is implemented (``kernel="streamed"``)
+    supports_stream: bool = False
     xp: Any = np
 
     # -- conversions ------------------------------------------------------------------
@@ -129,6 +137,9 @@ class Backend:
         raise NotImplementedError
 
     def argmax(self, S: Any, lam: float, g: Any) -> Any:
+        raise NotImplementedError
+
+    def stream_sweep(self, S: Any, lam: float, a: Any, g: Any, c: Any) -> tuple[Any, Any]:
         raise NotImplementedError
 
     def gather(self, S: Any, labels: Any) -> Any:

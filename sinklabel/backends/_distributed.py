@@ -340,6 +340,11 @@ class DistributedBackend(Backend):
         self._u, self._u_bad = u, total[-1]
         return u, self._back(total[:-1], like=v)
 
+    supports_stream = False  # kernel="auto" stores the kernel on each rank
+
+    def stream_sweep(self, S: Any, lam: float, a: Any, g: Any, c: Any) -> tuple[Any, Any]:
+        raise NotImplementedError("kernel='streamed' is not supported by sinklabel.distributed")
+
     # -- decisions -----------------------------------------------------------------------
     def _is_cluster_vector(self, x: Any) -> bool:
         return x.ndim == 1 and x.shape[0] == self._k and self._k != self._n

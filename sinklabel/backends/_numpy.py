@@ -28,6 +28,7 @@ class NumpyBackend(Backend):
     name = "numpy"
     library = "numpy"
     check_every = 1
+    supports_stream = True
     xp = np
 
     def owns(self, S: Any) -> bool:
@@ -112,6 +113,21 @@ class NumpyBackend(Backend):
             u = c / s.astype(np.float64)
         acc = (u.astype(Kmat.dtype) @ Kmat).astype(np.float64)
         return u, acc
+
+    def stream_sweep(self, S, lam, a, g, c):
+        n, k = S.shape
+        a_next = np.empty(n, dtype=np.float64)
+        mass = np.zeros(k)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            for blk in row_blocks(n, k):
+                E = S[blk].astype(np.float64) * lam
+                E += a[blk, None]
+                E += g
+                np.exp(E, out=E)
+                s = E.sum(axis=1)
+                a_next[blk] = a[blk] - np.log(s)  # rows of the plan sum to c exactly
+                mass += (c[blk] / s) @ E
+        return a_next, mass
 
     def argmax(self, S, lam, g):
         n, k = S.shape

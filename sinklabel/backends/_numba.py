@@ -1,0 +1,490 @@
+"""The numba backend: the numpy reference's primitives, fused and parallel, at the memory floor.
+
+Each primitive is one pass over the N x K matrix, rows split into contiguous chunks run in
+parallel, one K-vector of float64 accumulators per chunk (no N x K temporaries):
+
+- ``sweep``: per row, ``s_i = Kmat_i . v`` and ``u_i = c_i / s_i`` (rows exact), then
+  ``acc += u_i Kmat_i`` while the row is still in L1. For a float32 kernel the row dot
+  and the per-row update run in float32 (16 lanes) and the partial sums are flushed into
+  the float64 accumulators every ``_FLUSH`` rows: the relative rounding of the column
+  masses stays below ~1e-6, far under any useful ``tol``, and the sweep costs about one
+  streaming read of the kernel (``benchmarks/RESULTS.md``).
+- ``log_sweep``, ``build_kernel``: the exp-heavy passes (one at the start and one at each
+  rare absorption) use a branch-free, vectorisable ``exp`` (Cody-Waite reduction and a
+  degree-12 polynomial, ~1 ulp in float64); numba's ``math.exp`` is a scalar libm call.
+- ``scan``, ``argmax``: one read each, no temporaries.
+
+Fast-math: explicit flag sets without ``nnan``/``ninf``, so NaN and inf still propagate
+and the driver's finiteness checks (``all_finite``) still see them; ``reassoc`` only
+where a reduction needs it, never in ``exp``'s argument reduction. Compiled functions
+are cached on disk (``cache=True``): the JIT cost is paid once per machine.
+
+float16 scores (numba has no float16 arithmetic) fall back to the numpy reference for
+the passes over ``S``; their kernel is float32 and sweeps at full speed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange
+from numba.core import types
+from numba.extending import intrinsic
+
+from ._base import Scan
+from ._numpy import NumpyBackend
+
+__all__ = ["NumbaBackend"]
+
+#: reductions may be reordered and fused; NaN and inf keep their IEEE meaning
+_FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
+#: no reassociation: exp's argument reduction must stay in the written order
+_EXACT = {"nsz", "contract"}
+#: rows per flush of the float32 partial column sums into float64
+_FLUSH = 32
+
+_LOG2E = 1.4426950408889634
+_LN2_HI = 0.693145751953125  # Cody-Waite split of ln 2 (Cephes)
+_LN2_LO = 1.42860682030941723212e-6
+
+
+@intrinsic
+def _f64_from_bits(typingctx, bits):
+    """Reinterpret an int64 as a float64 (inlined LLVM bitcast: vectorises)."""
+    if not (isinstance(bits, types.Integer) and bits.bitwidth == 64):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return types.float64(bits), codegen
+
+
+@njit(fastmath=_EXACT, cache=True, error_model="numpy")
+def _exp(x):
+    """exp(x) for float64 x, branch-free: 0 below -708, inf above 709.78, NaN for NaN."""
+    xc = min(max(x, -708.0), 709.0)
+    n = math.floor(xc * _LOG2E + 0.5)
+    r = xc - n * _LN2_HI
+    r = r - n * _LN2_LO
+    # Taylor to degree 12 on |r| <= ln(2)/2: truncation below 2e-16 relative
+    p = 2.08767569878680989792e-09
+    p = p * r + 2.50521083854417187751e-08
+    p = p * r + 2.75573192239858906526e-07
+    p = p * r + 2.75573192239858906526e-06
+    p = p * r + 2.48015873015873015873e-05
+    p = p * r + 1.98412698412698412698e-04
+    p = p * r + 1.38888888888888888889e-03
+    p = p * r + 8.33333333333333333333e-03
+    p = p * r + 4.16666666666666666667e-02
+    p = p * r + 1.66666666666666666667e-01
+    p = p * r + 0.5
+    p = p * r + 1.0
+    p = p * r + 1.0
+    y = p * _f64_from_bits((np.int64(n) + 1023) << 52)
+    y = 0.0 if x < -708.0 else y
+    y = math.inf if x > 709.78 else y
+    return x if x != x else y
+
+
+def _chunks(n: int) -> int:
+    """Row chunks per pass: a few per thread, each with its own K-vector accumulators."""
+    return max(1, min(n, 4 * numba.get_num_threads()))
+
+
+# -- sweep ---------------------------------------------------------------------------------
+
+
+@njit(fastmath=_FAST, nogil=True, cache=True, error_model="numpy")
+def _sweep_rows32(K, vk, c, u, acc, lo, hi):
+    """Rows lo..hi, float32: u_i = c_i / (K_i . v) (rows exact), acc += u_i K_i.
+
+    The row dot and the update run in float32 (16 lanes); the partial column sums are
+    flushed into the float64 ``acc`` every ``_FLUSH`` rows.
+    """
+    k = K.shape[1]
+    part = np.zeros(k, dtype=np.float32)
+    count = 0
+    for i in range(lo, hi):
+        row = K[i]
+        s = np.float32(0.0)
+        for j in range(k):
+            s += row[j] * vk[j]
+        ui = c[i] / np.float64(s)
+        u[i] = ui
+        uk = np.float32(ui)
+        for j in range(k):
+            part[j] += row[j] * uk
+        count += 1
+        if count == _FLUSH:
+            for j in range(k):
+                acc[j] += part[j]
+                part[j] = 0.0
+            count = 0
+    for j in range(k):
+        acc[j] += part[j]
+
+
+@njit(fastmath=_FAST, nogil=True, cache=True, error_model="numpy")
+def _sweep_rows64(K, vk, c, u, acc, lo, hi):
+    """Rows lo..hi in float64 (float64 kernels, and the in-place log step's sweeps)."""
+    k = K.shape[1]
+    for i in range(lo, hi):
+        row = K[i]
+        s = 0.0
+        for j in range(k):
+            s += row[j] * vk[j]
+        ui = c[i] / s
+        u[i] = ui
+        for j in range(k):
+            acc[j] += row[j] * ui
+
+
+@njit(parallel=True, fastmath=_FAST, cache=True, error_model="numpy")
+def _sweep(K, vk, c, u, n_chunks, single):
+    n, k = K.shape
+    accs = np.zeros((n_chunks, k))
+    for t in prange(n_chunks):
+        lo = t * n // n_chunks
+        hi = (t + 1) * n // n_chunks
+        if single:
+            _sweep_rows32(K, vk, c, u, accs[t], lo, hi)
+        else:
+            _sweep_rows64(K, vk, c, u, accs[t], lo, hi)
+    acc = np.zeros(k)
+    for t in range(n_chunks):
+        for j in range(k):
+            acc[j] += accs[t, j]
+    return acc
+
+
+# -- scan ----------------------------------------------------------------------------------
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _scan_rows(S, lo, hi, col_alive, found):
+    """found[0..2]: first row with a NaN, a +inf, no finite-or-above entry (-1: none)."""
+    k = S.shape[1]
+    for i in range(lo, hi):
+        row = S[i]
+        n_nan = 0
+        n_pinf = 0
+        n_alive = 0
+        for j in range(k):
+            x = row[j]
+            n_nan += x != x
+            n_pinf += x == np.inf
+            alive = x > -np.inf
+            n_alive += alive
+            col_alive[j] |= alive
+        if n_nan and found[0] < 0:
+            found[0] = i
+        if n_pinf and found[1] < 0:
+            found[1] = i
+        if n_alive == 0 and found[2] < 0:
+            found[2] = i
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _scan(S, n_chunks):
+    n, k = S.shape
+    alive = np.zeros((n_chunks, k), dtype=np.bool_)
+    found = np.full((n_chunks, 3), -1, dtype=np.int64)
+    for t in prange(n_chunks):
+        _scan_rows(S, t * n // n_chunks, (t + 1) * n // n_chunks, alive[t], found[t])
+    return alive, found
+
+
+# -- log-domain sweep ----------------------------------------------------------------------
+
+
+@njit(fastmath=_FAST, nogil=True, cache=True, error_model="numpy")
+def _log_sweep_rows(S, lam, g, log_c, a, col_ref, col_sum, lo, hi):
+    """Rows lo..hi of the exact log-domain step; column sums kept as sum exp(y - col_ref).
+
+    ``col_ref`` starts at -1e300 (finite, so that -inf entries give exp(-inf) = 0) and
+    only increases: a row with an entry more than 60 above its column's reference
+    rescales that column's running sum first, so the sums never overflow.
+    """
+    k = S.shape[1]
+    for i in range(lo, hi):
+        row = S[i]
+        m = -np.inf
+        for j in range(k):
+            m = max(m, np.float64(row[j]) * lam + g[j])
+        z = 0.0
+        for j in range(k):
+            z += _exp(np.float64(row[j]) * lam + g[j] - m)
+        ai = -(m + math.log(z))
+        a[i] = ai
+        shift = log_c[i] + ai  # y = lam S + g + shift is log Q: rows sum to c_i
+        if shift == -np.inf:
+            continue  # a point of mass 0 adds nothing
+        high = 0
+        for j in range(k):
+            high += np.float64(row[j]) * lam + g[j] + shift > col_ref[j] + 60.0
+        if high:
+            for j in range(k):
+                y = np.float64(row[j]) * lam + g[j] + shift
+                if y > col_ref[j] + 60.0:
+                    col_sum[j] *= _exp(col_ref[j] - y)
+                    col_ref[j] = y
+        for j in range(k):
+            col_sum[j] += _exp(np.float64(row[j]) * lam + g[j] + shift - col_ref[j])
+
+
+@njit(parallel=True, fastmath=_FAST, cache=True, error_model="numpy")
+def _log_sweep(S, lam, g, log_c, a, n_chunks):
+    n, k = S.shape
+    refs = np.full((n_chunks, k), -1e300)
+    sums = np.zeros((n_chunks, k))
+    for t in prange(n_chunks):
+        lo = t * n // n_chunks
+        hi = (t + 1) * n // n_chunks
+        _log_sweep_rows(S, lam, g, log_c, a, refs[t], sums[t], lo, hi)
+    col_lse = np.empty(k)
+    for j in range(k):
+        top = -np.inf
+        for t in range(n_chunks):
+            top = max(top, refs[t, j])
+        total = 0.0
+        for t in range(n_chunks):
+            total += sums[t, j] * _exp(refs[t, j] - top)
+        col_lse[j] = top + math.log(total) if total > 0 else -np.inf
+    return col_lse
+
+
+# -- kernel --------------------------------------------------------------------------------
+
+
+@njit(fastmath=_FAST, nogil=True, cache=True, error_model="numpy")
+def _build_rows(S, lam, a, b, floor, out, lo, hi):
+    k = S.shape[1]
+    for i in range(lo, hi):
+        row = S[i]
+        dst = out[i]
+        ai = a[i]
+        for j in range(k):
+            x = np.float64(row[j]) * lam + ai + b[j]
+            dst[j] = _exp(x) if x >= floor else 0.0  # below the floor (or -inf): exactly 0
+
+
+@njit(parallel=True, fastmath=_FAST, cache=True, error_model="numpy")
+def _build(S, lam, a, b, floor, out, n_chunks):
+    n = S.shape[0]
+    for t in prange(n_chunks):
+        _build_rows(S, lam, a, b, floor, out, t * n // n_chunks, (t + 1) * n // n_chunks)
+
+
+# -- streamed sweep (no stored kernel) ------------------------------------------------------
+
+
+@intrinsic
+def _f32_from_bits(typingctx, bits):
+    """Reinterpret the low 32 bits of an integer as a float32 (inlined LLVM bitcast)."""
+    if not isinstance(bits, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        value = args[0]
+        if bits.bitwidth > 32:
+            value = builder.trunc(value, ir.IntType(32))
+        return builder.bitcast(value, ir.FloatType())
+
+    return types.float32(bits), codegen
+
+
+@njit(fastmath=_EXACT, cache=True, error_model="numpy")
+def _expf(x):
+    """float32 exp (Cephes expf: ~1 ulp), branch-free; 0 below -87 (no subnormals)."""
+    xc = min(max(x, np.float32(-87.3)), np.float32(88.5))
+    n = math.floor(xc * np.float32(_LOG2E) + np.float32(0.5))
+    r = xc - n * np.float32(0.693359375)
+    r = r - n * np.float32(-2.12194440e-4)
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    p = p * r * r + r + np.float32(1.0)
+    y = p * _f32_from_bits((np.int64(n) + 127) << 23)
+    y = np.float32(0.0) if x < np.float32(-87.0) else y
+    y = np.float32(np.inf) if x > np.float32(88.7) else y
+    return x if x != x else y
+
+
+@njit(fastmath=_FAST, nogil=True, cache=True, error_model="numpy")
+def _stream_rows32(S, lam, a, g, c, a_next, acc, lo, hi):
+    """Rows lo..hi of the streamed sweep, float32: E = exp(lam S + a_i + g) on the fly."""
+    k = S.shape[1]
+    buf = np.empty(k, dtype=np.float32)
+    part = np.zeros(k, dtype=np.float32)
+    lam32 = np.float32(lam)
+    count = 0
+    for i in range(lo, hi):
+        row = S[i]
+        ai = np.float32(a[i])
+        s = np.float32(0.0)
+        for j in range(k):
+            e = _expf(row[j] * lam32 + (ai + g[j]))
+            buf[j] = e
+            s += e
+        s64 = np.float64(s)
+        a_next[i] = a[i] - math.log(s64)  # rows of the plan sum to c_i exactly
+        uk = np.float32(c[i] / s64)
+        for j in range(k):
+            part[j] += buf[j] * uk
+        count += 1
+        if count == _FLUSH:
+            for j in range(k):
+                acc[j] += part[j]
+                part[j] = 0.0
+            count = 0
+    for j in range(k):
+        acc[j] += part[j]
+
+
+@njit(fastmath=_FAST, nogil=True, cache=True, error_model="numpy")
+def _stream_rows64(S, lam, a, g, c, a_next, acc, lo, hi):
+    """Rows lo..hi of the streamed sweep in float64 (float64 scores)."""
+    k = S.shape[1]
+    buf = np.empty(k)
+    for i in range(lo, hi):
+        row = S[i]
+        ai = a[i]
+        s = 0.0
+        for j in range(k):
+            e = _exp(np.float64(row[j]) * lam + (ai + g[j]))
+            buf[j] = e
+            s += e
+        a_next[i] = ai - math.log(s)
+        ui = c[i] / s
+        for j in range(k):
+            acc[j] += buf[j] * ui
+
+
+@njit(parallel=True, fastmath=_FAST, cache=True, error_model="numpy")
+def _stream(S, lam, a, g, c, a_next, n_chunks, single):
+    n, k = S.shape
+    accs = np.zeros((n_chunks, k))
+    for t in prange(n_chunks):
+        lo = t * n // n_chunks
+        hi = (t + 1) * n // n_chunks
+        if single:
+            _stream_rows32(S, lam, a, g.astype(np.float32), c, a_next, accs[t], lo, hi)
+        else:
+            _stream_rows64(S, lam, a, g, c, a_next, accs[t], lo, hi)
+    acc = np.zeros(k)
+    for t in range(n_chunks):
+        for j in range(k):
+            acc[j] += accs[t, j]
+    return acc
+
+
+# -- labels --------------------------------------------------------------------------------
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _argmax_rows(S, lam, g, labels, lo, hi):
+    # no fast-math: the same arithmetic as the numpy reference, so the same ties
+    k = S.shape[1]
+    for i in range(lo, hi):
+        row = S[i]
+        best = -np.inf
+        arg = 0
+        for j in range(k):
+            x = np.float64(row[j]) * lam + g[j]
+            if x > best:
+                best = x
+                arg = j
+        labels[i] = arg
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _argmax(S, lam, g, labels, n_chunks):
+    n = S.shape[0]
+    for t in prange(n_chunks):
+        _argmax_rows(S, lam, g, labels, t * n // n_chunks, (t + 1) * n // n_chunks)
+
+
+class NumbaBackend(NumpyBackend):
+    """Parallel fused primitives for numpy arrays (``pip install 'sinklabel[numba]'``)."""
+
+    name = "numba"
+    library = "numpy"
+    check_every = 1
+    supports_stream = True
+
+    @staticmethod
+    def _native(S: np.ndarray) -> bool:
+        return S.dtype in (np.float32, np.float64)
+
+    def scan(self, S: np.ndarray) -> Scan:
+        if not self._native(S):
+            return super().scan(S)
+        n, k = S.shape
+        alive, found = _scan(S, _chunks(n))
+        where = []
+        for col, test in ((0, np.isnan), (1, np.isposinf)):
+            rows = found[:, col]
+            rows = rows[rows >= 0]
+            if rows.size:
+                i = int(rows.min())
+                where.append((i, int(np.argmax(test(S[i])))))
+            else:
+                where.append(None)
+        dead = found[:, 2]
+        dead = dead[dead >= 0]
+        dead_row = int(dead.min()) if dead.size else None
+        return Scan(where[0], where[1], dead_row, np.flatnonzero(~alive.any(axis=0)))
+
+    def log_sweep(self, S, lam, g, log_c):
+        if not self._native(S):
+            return super().log_sweep(S, lam, g, log_c)
+        n = S.shape[0]
+        a = np.empty(n, dtype=np.float64)
+        g = np.ascontiguousarray(g, dtype=np.float64)
+        log_c = np.ascontiguousarray(log_c, dtype=np.float64)
+        col_lse = _log_sweep(S, float(lam), g, log_c, a, _chunks(n))
+        return a, col_lse
+
+    def build_kernel(self, S, lam, a, b, out=None):
+        if not self._native(S):
+            return super().build_kernel(S, lam, a, b, out=out)
+        n, k = S.shape
+        dtype = self.compute_dtype(S)
+        if out is None:
+            out = np.empty((n, k), dtype=dtype)
+        b = np.ascontiguousarray(b, dtype=np.float64)
+        _build(S, float(lam), a, b, self.exp_floor(dtype), out, _chunks(n))
+        return out
+
+    def sweep(self, Kmat, v, c):
+        n = Kmat.shape[0]
+        u = np.empty(n, dtype=np.float64)
+        single = Kmat.dtype == np.float32
+        vk = np.ascontiguousarray(v, dtype=Kmat.dtype)
+        acc = _sweep(Kmat, vk, c, u, _chunks(n), single)
+        return u, acc
+
+    def stream_sweep(self, S, lam, a, g, c):
+        if not self._native(S):
+            return super().stream_sweep(S, lam, a, g, c)
+        n = S.shape[0]
+        a_next = np.empty(n, dtype=np.float64)
+        g = np.ascontiguousarray(g, dtype=np.float64)
+        single = S.dtype == np.float32
+        mass = _stream(S, float(lam), a, g, c, a_next, _chunks(n), single)
+        return a_next, mass
+
+    def argmax(self, S, lam, g):
+        if not self._native(S):
+            return super().argmax(S, lam, g)
+        n = S.shape[0]
+        labels = np.empty(n, dtype=np.int64)
+        _argmax(S, float(lam), np.ascontiguousarray(g, dtype=np.float64), labels, _chunks(n))
+        return labels
