@@ -131,7 +131,9 @@ def table(rows: list[dict]) -> str:
         vals = " | ".join(
             f"{100 * r[k]:.1f}" if k.startswith(("knn", "probe", "acc")) else f"{r[k]:.3f}" for _, k in COLS
         )
-        lines.append(f"| {r['name']} | {vals} | {tl} | {r.get('seconds_wall', 0):.0f} |")
+        lines.append(
+            f"| {r['name']} | {vals} | {tl} | {r.get('seconds_wall', r.get('seconds_total', 0)):.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -166,6 +168,7 @@ def main(argv=None) -> int:
     p.add_argument("--study", nargs="+", default=["main"], choices=sorted(ROWS))
     p.add_argument("--jobs", type=int, default=1, help="rows trained in parallel (each with --threads)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--report-only", action="store_true", help="tabulate finished rows, train nothing")
     p.add_argument("common", nargs=argparse.REMAINDER, help="flags passed to every row, after --")
     a = p.parse_args(argv)
     common = [c for c in a.common if c != "--"] + ["--threads", str(a.threads)]
@@ -173,6 +176,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
     todo = [(n, f) for s in a.study for n, f in ROWS[s]]
+    if a.report_only:
+        todo = [(n, f) for n, f in todo if (out / _slug(n) / "metrics.json").exists()]
     t0 = time.perf_counter()
     with ThreadPoolExecutor(a.jobs) as ex:
         results = list(ex.map(lambda nf: run_row(nf[0], nf[1], out, common), todo))
@@ -180,7 +185,7 @@ def main(argv=None) -> int:
     by = {r["name"]: r for r in results}
     md = [f"Wall time of this invocation: {wall:.0f} s with --jobs {a.jobs} --threads {a.threads}.\n"]
     for s in a.study:
-        md.append(f"### {s}\n\n" + table([by[n] for n, _ in ROWS[s]]) + "\n")
+        md.append(f"### {s}\n\n" + table([by[n] for n, _ in ROWS[s] if n in by]) + "\n")
     (out / "results.md").write_text("\n".join(md))
     (out / "results.json").write_text(json.dumps(results, indent=1))
     plot(results, out / "comparison.png")

@@ -198,10 +198,9 @@ class Trainer:
         if not (self.cfg.resume and self.ckpt_path.exists()):
             return False
         st = torch.load(self.ckpt_path, map_location=self.device, weights_only=False)
-        if st["fingerprint"] != self.cfg.training_fingerprint():
-            diff = {
-                k for k in st["fingerprint"] if st["fingerprint"][k] != self.cfg.training_fingerprint().get(k)
-            }
+        old, new = st["fingerprint"], self.cfg.training_fingerprint()
+        if old != new:
+            diff = {k for k in old.keys() | new.keys() if old.get(k) != new.get(k)}
             raise RuntimeError(
                 f"{self.ckpt_path} was written with a different config ({sorted(diff)}); "
                 "use another out_dir or --no-resume"
