@@ -26,6 +26,7 @@ the passes over ``S``; their kernel is float32 and sweeps at full speed.
 from __future__ import annotations
 
 import math
+import os
 
 import numba
 import numpy as np
@@ -43,6 +44,12 @@ __all__ = ["NumbaBackend"]
 _FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
 #: no reassociation: exp's argument reduction must stay in the written order
 _EXACT = {"nsz", "contract"}
+# numba's OpenMP layer shares libgomp with torch (it resets torch's thread count) and, on a
+# loaded machine, measured ~36 ms per parallel region here against ~0.15 ms for numba's
+# own pool: prefer tbb, then the pool, unless the user chose a layer.
+if numba.config.THREADING_LAYER == "default" and "NUMBA_THREADING_LAYER_PRIORITY" not in os.environ:
+    numba.config.THREADING_LAYER_PRIORITY = ["tbb", "workqueue", "omp"]
+
 #: rows per flush of the float32 partial column sums into float64
 _FLUSH = 32
 
@@ -90,8 +97,16 @@ def _exp(x):
     return x if x != x else y
 
 
-def _chunks(n: int) -> int:
-    """Row chunks per pass: a few per thread, each with its own K-vector accumulators."""
+#: matrices up to this many entries are swept by the calling thread alone: a parallel
+#: region costs a wake-up of every thread, and on a loaded machine a wait for a time slice
+_SERIAL_MAX = 1 << 21
+
+
+def _chunks(S: np.ndarray) -> int:
+    """Row chunks per pass (1: serial), a few per thread, each with its own accumulators."""
+    n, k = S.shape
+    if n * k <= _SERIAL_MAX:
+        return 1
     return max(1, min(n, 4 * numba.get_num_threads()))
 
 
@@ -102,22 +117,34 @@ def _chunks(n: int) -> int:
 def _sweep_rows32(K, vk, c, u, acc, lo, hi):
     """Rows lo..hi, float32: u_i = c_i / (K_i . v) (rows exact), acc += u_i K_i.
 
-    The row dot and the update run in float32 (16 lanes); the partial column sums are
+    Software-pipelined: one loop adds row i (from L1) into the column sums while it
+    takes the dot product of row i + 1 (from memory), so the memory stream never
+    pauses. Dot and update run in float32 (16 lanes); the partial column sums are
     flushed into the float64 ``acc`` every ``_FLUSH`` rows.
     """
     k = K.shape[1]
+    if hi <= lo:
+        return
     part = np.zeros(k, dtype=np.float32)
     count = 0
+    row = K[lo]
+    s = np.float32(0.0)
+    for j in range(k):
+        s += row[j] * vk[j]
     for i in range(lo, hi):
-        row = K[i]
-        s = np.float32(0.0)
-        for j in range(k):
-            s += row[j] * vk[j]
         ui = c[i] / np.float64(s)
         u[i] = ui
         uk = np.float32(ui)
-        for j in range(k):
-            part[j] += row[j] * uk
+        if i + 1 < hi:
+            nxt = K[i + 1]
+            s = np.float32(0.0)
+            for j in range(k):
+                s += nxt[j] * vk[j]
+                part[j] += row[j] * uk
+            row = nxt
+        else:
+            for j in range(k):
+                part[j] += row[j] * uk
         count += 1
         if count == _FLUSH:
             for j in range(k):
@@ -130,17 +157,27 @@ def _sweep_rows32(K, vk, c, u, acc, lo, hi):
 
 @njit(fastmath=_FAST, nogil=True, cache=True, error_model="numpy")
 def _sweep_rows64(K, vk, c, u, acc, lo, hi):
-    """Rows lo..hi in float64 (float64 kernels, and the in-place log step's sweeps)."""
+    """Rows lo..hi in float64 (float64 kernels), pipelined as ``_sweep_rows32``."""
     k = K.shape[1]
+    if hi <= lo:
+        return
+    row = K[lo]
+    s = 0.0
+    for j in range(k):
+        s += row[j] * vk[j]
     for i in range(lo, hi):
-        row = K[i]
-        s = 0.0
-        for j in range(k):
-            s += row[j] * vk[j]
         ui = c[i] / s
         u[i] = ui
-        for j in range(k):
-            acc[j] += row[j] * ui
+        if i + 1 < hi:
+            nxt = K[i + 1]
+            s = 0.0
+            for j in range(k):
+                s += nxt[j] * vk[j]
+                acc[j] += row[j] * ui
+            row = nxt
+        else:
+            for j in range(k):
+                acc[j] += row[j] * ui
 
 
 @njit(parallel=True, fastmath=_FAST, cache=True, error_model="numpy")
@@ -236,15 +273,10 @@ def _log_sweep_rows(S, lam, g, log_c, a, col_ref, col_sum, lo, hi):
             col_sum[j] += _exp(np.float64(row[j]) * lam + g[j] + shift - col_ref[j])
 
 
-@njit(parallel=True, fastmath=_FAST, cache=True, error_model="numpy")
-def _log_sweep(S, lam, g, log_c, a, n_chunks):
-    n, k = S.shape
-    refs = np.full((n_chunks, k), -1e300)
-    sums = np.zeros((n_chunks, k))
-    for t in prange(n_chunks):
-        lo = t * n // n_chunks
-        hi = (t + 1) * n // n_chunks
-        _log_sweep_rows(S, lam, g, log_c, a, refs[t], sums[t], lo, hi)
+@njit(fastmath=_FAST, cache=True, error_model="numpy")
+def _merge_lse(refs, sums):
+    """Column log-sum-exp from per-chunk (reference, sum of exp(y - reference)) pairs."""
+    n_chunks, k = refs.shape
     col_lse = np.empty(k)
     for j in range(k):
         top = -np.inf
@@ -255,6 +287,16 @@ def _log_sweep(S, lam, g, log_c, a, n_chunks):
             total += sums[t, j] * _exp(refs[t, j] - top)
         col_lse[j] = top + math.log(total) if total > 0 else -np.inf
     return col_lse
+
+
+@njit(parallel=True, fastmath=_FAST, cache=True, error_model="numpy")
+def _log_sweep(S, lam, g, log_c, a, refs, sums):
+    n = S.shape[0]
+    n_chunks = refs.shape[0]
+    for t in prange(n_chunks):
+        lo = t * n // n_chunks
+        hi = (t + 1) * n // n_chunks
+        _log_sweep_rows(S, lam, g, log_c, a, refs[t], sums[t], lo, hi)
 
 
 # -- kernel --------------------------------------------------------------------------------
@@ -371,11 +413,12 @@ def _stream_rows64(S, lam, a, g, c, a_next, acc, lo, hi):
 def _stream(S, lam, a, g, c, a_next, n_chunks, single):
     n, k = S.shape
     accs = np.zeros((n_chunks, k))
+    g32 = g.astype(np.float32)
     for t in prange(n_chunks):
         lo = t * n // n_chunks
         hi = (t + 1) * n // n_chunks
         if single:
-            _stream_rows32(S, lam, a, g.astype(np.float32), c, a_next, accs[t], lo, hi)
+            _stream_rows32(S, lam, a, g32, c, a_next, accs[t], lo, hi)
         else:
             _stream_rows64(S, lam, a, g, c, a_next, accs[t], lo, hi)
     acc = np.zeros(k)
@@ -412,7 +455,11 @@ def _argmax(S, lam, g, labels, n_chunks):
 
 
 class NumbaBackend(NumpyBackend):
-    """Parallel fused primitives for numpy arrays (``pip install 'sinklabel[numba]'``)."""
+    """Parallel fused primitives for numpy arrays (``pip install 'sinklabel[numba]'``).
+
+    Matrices of at most ``_SERIAL_MAX`` entries run on the calling thread alone (the
+    row functions directly); larger ones in parallel row chunks.
+    """
 
     name = "numba"
     library = "numpy"
@@ -427,7 +474,13 @@ class NumbaBackend(NumpyBackend):
         if not self._native(S):
             return super().scan(S)
         n, k = S.shape
-        alive, found = _scan(S, _chunks(n))
+        chunks = _chunks(S)
+        if chunks == 1:
+            alive = np.zeros((1, k), dtype=np.bool_)
+            found = np.full((1, 3), -1, dtype=np.int64)
+            _scan_rows(S, 0, n, alive[0], found[0])
+        else:
+            alive, found = _scan(S, chunks)
         where = []
         for col, test in ((0, np.isnan), (1, np.isposinf)):
             rows = found[:, col]
@@ -445,12 +498,18 @@ class NumbaBackend(NumpyBackend):
     def log_sweep(self, S, lam, g, log_c):
         if not self._native(S):
             return super().log_sweep(S, lam, g, log_c)
-        n = S.shape[0]
+        n, k = S.shape
         a = np.empty(n, dtype=np.float64)
         g = np.ascontiguousarray(g, dtype=np.float64)
         log_c = np.ascontiguousarray(log_c, dtype=np.float64)
-        col_lse = _log_sweep(S, float(lam), g, log_c, a, _chunks(n))
-        return a, col_lse
+        chunks = _chunks(S)
+        refs = np.full((chunks, k), -1e300)
+        sums = np.zeros((chunks, k))
+        if chunks == 1:
+            _log_sweep_rows(S, float(lam), g, log_c, a, refs[0], sums[0], 0, n)
+        else:
+            _log_sweep(S, float(lam), g, log_c, a, refs, sums)
+        return a, _merge_lse(refs, sums)
 
     def build_kernel(self, S, lam, a, b, out=None):
         if not self._native(S):
@@ -460,25 +519,40 @@ class NumbaBackend(NumpyBackend):
         if out is None:
             out = np.empty((n, k), dtype=dtype)
         b = np.ascontiguousarray(b, dtype=np.float64)
-        _build(S, float(lam), a, b, self.exp_floor(dtype), out, _chunks(n))
+        chunks = _chunks(S)
+        if chunks == 1:
+            _build_rows(S, float(lam), a, b, self.exp_floor(dtype), out, 0, n)
+        else:
+            _build(S, float(lam), a, b, self.exp_floor(dtype), out, chunks)
         return out
 
     def sweep(self, Kmat, v, c):
-        n = Kmat.shape[0]
+        n, k = Kmat.shape
         u = np.empty(n, dtype=np.float64)
         single = Kmat.dtype == np.float32
         vk = np.ascontiguousarray(v, dtype=Kmat.dtype)
-        acc = _sweep(Kmat, vk, c, u, _chunks(n), single)
+        chunks = _chunks(Kmat)
+        if chunks > 1:
+            return u, _sweep(Kmat, vk, c, u, chunks, single)
+        acc = np.zeros(k)
+        (_sweep_rows32 if single else _sweep_rows64)(Kmat, vk, c, u, acc, 0, n)
         return u, acc
 
     def stream_sweep(self, S, lam, a, g, c):
         if not self._native(S):
             return super().stream_sweep(S, lam, a, g, c)
-        n = S.shape[0]
+        n, k = S.shape
         a_next = np.empty(n, dtype=np.float64)
         g = np.ascontiguousarray(g, dtype=np.float64)
         single = S.dtype == np.float32
-        mass = _stream(S, float(lam), a, g, c, a_next, _chunks(n), single)
+        chunks = _chunks(S)
+        if chunks > 1:
+            return a_next, _stream(S, float(lam), a, g, c, a_next, chunks, single)
+        mass = np.zeros(k)
+        if single:
+            _stream_rows32(S, float(lam), a, g.astype(np.float32), c, a_next, mass, 0, n)
+        else:
+            _stream_rows64(S, float(lam), a, g, c, a_next, mass, 0, n)
         return a_next, mass
 
     def argmax(self, S, lam, g):
@@ -486,5 +560,10 @@ class NumbaBackend(NumpyBackend):
             return super().argmax(S, lam, g)
         n = S.shape[0]
         labels = np.empty(n, dtype=np.int64)
-        _argmax(S, float(lam), np.ascontiguousarray(g, dtype=np.float64), labels, _chunks(n))
+        g = np.ascontiguousarray(g, dtype=np.float64)
+        chunks = _chunks(S)
+        if chunks == 1:
+            _argmax_rows(S, float(lam), g, labels, 0, n)
+        else:
+            _argmax(S, float(lam), g, labels, chunks)
         return labels
