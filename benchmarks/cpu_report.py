@@ -1,0 +1,247 @@
+"""CPU speed report: time to tolerance, distance to the memory floor, iterations, memory.
+
+    python benchmarks/cpu_report.py [--sizes 20000x100,200000x1000] [--rounds 3]
+                                    [--families] [--no-pot] [--write]
+
+For each size, on one generated problem (float32 realistic scores, seed 0; lam = 25,
+tol 1e-3, rows exact; see ``_methods.py``), every installed sinklabel CPU backend runs
+beside POT ``ot.sinkhorn`` / ``ot.sinkhorn_log`` (float64) and the paper's loop, with:
+
+- time to tolerance (median of ``--rounds`` after a warm-up; POT and the paper loop once);
+- seconds per iteration divided by one parallel streaming read of the float32 matrix,
+  measured in the same run (median of reads taken between the rounds);
+- iterations; peak memory above the process's resident set before the call, divided by
+  the float32 matrix's bytes (``/proc/self/status`` VmHWM after resetting it).
+
+``--families`` adds the iteration counts of plain and Anderson-accelerated Sinkhorn on
+the three generated families, lam 1 to 1000, float32 and float64. ``--write`` puts the
+tables into ``benchmarks/RESULTS.md`` (its "CPU speed" section, replaced if present).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _floor import stream_read  # noqa: E402
+from _methods import LAM, TOL, calibrate_pot, paper_loop, pot_method, sinklabel_methods  # noqa: E402
+
+import sinklabel  # noqa: E402
+from sinklabel.problems import make_scores  # noqa: E402
+
+BEGIN, END = "<!-- cpu_report:begin -->", "<!-- cpu_report:end -->"
+
+
+# -- memory -------------------------------------------------------------------------------
+def _status(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def with_peak(fn, *args):
+    """(result, seconds, bytes of resident memory above the level before the call)."""
+    ok = reset_peak()
+    before = _status("VmRSS")
+    t = time.perf_counter()
+    out = fn(*args)
+    seconds = time.perf_counter() - t
+    peak = _status("VmHWM") - before if ok else float("nan")
+    return out, seconds, peak
+
+
+# -- machine ------------------------------------------------------------------------------
+def machine() -> str:
+    model = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip() or os.cpu_count()
+    return f"{nproc} cores (`nproc`), {model}"
+
+
+def load() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+# -- the comparison -----------------------------------------------------------------------
+def run_size(n: int, k: int, rounds: int, pot: bool) -> list[dict]:
+    S = make_scores(n, k, seed=0)
+    floors: list[float] = []
+
+    def floor_sample(count: int = 3) -> None:
+        for _ in range(count):
+            t = time.perf_counter()
+            stream_read(S)
+            floors.append(time.perf_counter() - t)
+
+    stream_read(S)
+    floor_sample(5)
+    rows = []
+    methods = dict(sinklabel_methods())
+    slow = {"paper loop (float64)": paper_loop}
+    if pot:
+        start, _ = paper_loop(S)
+        print(f"  paper loop: {start} iterations; calibrating POT ...", flush=True)
+        slow["POT sinkhorn (float64)"] = pot_method("sinkhorn", calibrate_pot("sinkhorn", S, start))
+        if n * k <= 2_000_000:
+            slow["POT sinkhorn_log (float64)"] = pot_method(
+                "sinkhorn_log", calibrate_pot("sinkhorn_log", S, start)
+            )
+    for name, fn in {**methods, **slow}.items():
+        fast = name in methods
+        if fast:
+            fn(S)  # warm-up: JIT (cached on disk), thread pools
+        times, peaks = [], []
+        for _ in range(rounds if fast else 1):
+            floor_sample(1)
+            (n_iter, err), seconds, peak = with_peak(fn, S)
+            times.append(seconds)
+            peaks.append(peak)
+        floor_sample(1)
+        rows.append(
+            dict(name=name, seconds=float(np.median(times)), n_iter=int(n_iter), error=err,
+                 peak=float(np.max(peaks)), rounds=len(times))  # fmt: skip
+        )
+        print(f"  {name:34s} {rows[-1]['seconds']:9.3f} s  {n_iter:5d} it  err {err:.2e}", flush=True)
+    floor = float(np.median(floors))
+    for row in rows:
+        row["floor"] = floor
+        row["per_iter_over_floor"] = row["seconds"] / max(row["n_iter"], 1) / floor
+        row["peak_over_input"] = row["peak"] / S.nbytes
+    return rows
+
+
+def table(n: int, k: int, rows: list[dict]) -> list[str]:
+    floor = rows[0]["floor"]
+    pot = next((r for r in rows if r["name"].startswith("POT sinkhorn (")), None)
+    plain = next((r for r in rows if r["name"] == "paper loop (float64)"), None)
+    out = [
+        f"**{n:,} x {k:,}** float32 ({n * k * 4 / 2**30:.2f} GiB); one parallel streaming read "
+        f"of it: {floor * 1e3:.1f} ms ({n * k * 4 / floor / 1e9:.1f} GB/s).",
+        "",
+        "| method | time to tol | POT sinkhorn ÷ this | s/iteration ÷ one read | iterations "
+        "| paper loop its ÷ these | peak memory ÷ input | error |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        speedup = f"{pot['seconds'] / r['seconds']:.1f}×" if pot else "–"
+        its = f"{plain['n_iter'] / r['n_iter']:.1f}×" if plain else "–"
+        rounds = f" (median of {r['rounds']})" if r["rounds"] > 1 else ""
+        out.append(
+            f"| {r['name']} | {r['seconds']:.3f} s{rounds} | {speedup} | "
+            f"{r['per_iter_over_floor']:.2f} | {r['n_iter']:,} | {its} | "
+            f"{r['peak_over_input']:.2f} | {r['error']:.2e} |"
+        )
+    return out
+
+
+# -- acceleration across families ------------------------------------------------------------
+def families(sizes=((3000, 30), (20000, 100)), lams=(1, 10, 25, 100, 1000)) -> list[str]:
+    out = [
+        "| N x K | family | dtype | " + " | ".join(f"lam {lam:g}" for lam in lams) + " |",
+        "|---|---|---|" + "---|" * len(lams),
+    ]
+    worst = 0.0
+    kinds = ("realistic", "collapsed", "neginf")
+    dtypes = (np.float32, np.float64)
+    for (n, k), kind, dtype in ((s, f, d) for s in sizes for f in kinds for d in dtypes):
+        S = make_scores(n, k, kind=kind, seed=1, dtype=dtype)
+        cells = []
+        for lam in lams:
+            its = []
+            for acc in (None, "anderson"):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", sinklabel.ConvergenceWarning)
+                    res = sinklabel.solve(S, lam, acceleration=acc, max_iter=5000, balanced=False)
+                its.append(res.n_iter if res.converged else None)
+            plain, accel = its
+            if plain is not None:
+                worst = max(worst, (accel or 5000) / plain)
+            cells.append(f"{plain if plain else '>5000'} → {accel if accel else '>5000'}")
+        out.append(f"| {n:,} x {k} | {kind} | {np.dtype(dtype).name} | " + " | ".join(cells) + " |")
+        print(out[-1], flush=True)
+    out += ["", f"Worst ratio accelerated ÷ plain where plain converges: {worst:.2f}."]
+    return out
+
+
+def write_results(lines: list[str]) -> None:
+    path = HERE / "RESULTS.md"
+    text = path.read_text() if path.exists() else "# Measured results\n"
+    block = "\n".join([BEGIN, *lines, END])
+    if BEGIN in text and END in text:
+        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda m: block, text, flags=re.S)
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="20000x100,200000x1000")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--families", action="store_true")
+    ap.add_argument("--no-pot", action="store_true")
+    ap.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
+    args = ap.parse_args()
+    command = "python benchmarks/cpu_report.py " + " ".join(sys.argv[1:])
+    load_before = load()
+    lines = [
+        f"## CPU speed: numba backend, Anderson acceleration ({datetime.date.today()})",
+        "",
+        f"Machine: {machine()}, no GPU; shared with other jobs (load average "
+        f"{load_before} before the run, {{after}} after). lam = {LAM:g}, tol {TOL:g} "
+        "(cluster-marginal error, rows exact), float32 realistic scores "
+        "(`make_scores(N, K, seed=0)`); POT and the paper loop in float64. Command: "
+        f"`{command}`.",
+        "",
+    ]
+    for spec in args.sizes.split(","):
+        n, k = (int(x) for x in spec.split("x"))
+        print(f"{n} x {k}", flush=True)
+        lines += table(n, k, run_size(n, k, args.rounds, not args.no_pot)) + [""]
+    if args.families:
+        lines += [
+            "Iterations to tol 1e-3, plain Sinkhorn → Anderson (the default), "
+            "`make_scores(N, K, kind, seed=1)`, numba backend:",
+            "",
+            *families(),
+            "",
+        ]
+    lines[2] = lines[2].replace("{after}", load())
+    print("\n".join(lines))
+    if args.write:
+        write_results(lines)
+
+
+if __name__ == "__main__":
+    main()
