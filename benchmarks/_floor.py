@@ -11,6 +11,10 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+# the same threading layer as the numba backend (it is chosen once per process, at the
+# first parallel call: measuring the floor first must not pick another one)
+from sinklabel.backends import _numba  # noqa: F401
+
 _FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
 

@@ -55,11 +55,11 @@ class Anderson:
         Restarts without a new best after which the accelerator switches off.
     reg : float
         Tikhonov regularisation of the least-squares problem, relative to its trace.
-    trust : float
+    trust, trust_max : float
         An extrapolation moves at most ``trust`` times the plain step's length; the
-        bound doubles after each step that improves the best residual and is quartered
-        at each restart (on plateaus at large ``lam`` the plain step is tiny and the
-        unbounded extrapolation overshoots).
+        bound doubles (up to ``trust_max``) after each step that improves the best
+        residual and is quartered at each restart (on plateaus at large ``lam`` the
+        plain step is tiny and the unbounded extrapolation overshoots).
     """
 
     def __init__(
@@ -71,6 +71,7 @@ class Anderson:
         max_restarts: int = 8,
         reg: float = 1e-10,
         trust: float = 10.0,
+        trust_max: float = 1000.0,
     ) -> None:
         self.active = np.asarray(active, dtype=bool)
         self.memory = int(memory)
@@ -79,6 +80,7 @@ class Anderson:
         self.max_restarts = int(max_restarts)
         self.reg = float(reg)
         self.trust = float(trust)
+        self.trust_max = float(trust_max)
         self.enabled = self.memory > 0
         self.restarts = 0  # total, for the log
         self._fails = 0  # restarts since the last new best
@@ -116,7 +118,7 @@ class Anderson:
         self.restarted = False
         if merit < self._best:
             if self._last_was_mixed:
-                self.trust *= 2.0
+                self.trust = min(2.0 * self.trust, self.trust_max)
             self._best = merit
             self._best_next = gx.copy()
             self._fails = 0

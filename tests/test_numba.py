@@ -1,0 +1,227 @@
+"""The numba backend's own promises: memory, streamed kernels, acceleration, fast-math.
+
+(Agreement with the numpy reference, primitive by primitive and whole solves, is in
+``test_conformance.py``.)
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+import warnings
+
+import numpy as np
+import pytest
+
+import sinklabel
+from sinklabel import _driver
+from sinklabel._accel import Anderson
+from sinklabel.backends import get_backend
+from sinklabel.problems import make_scores
+
+pytest.importorskip("numba")
+from sinklabel.backends import _numba  # noqa: E402
+
+B = get_backend("numba")
+KINDS = ("realistic", "collapsed", "neginf")
+
+
+def solve(S, lam=25.0, **kw):
+    kw.setdefault("balanced", False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sinklabel.ConvergenceWarning)
+        return sinklabel.solve(S, lam, backend="numba", **kw)
+
+
+def peak_bytes(fn):
+    """Peak of numpy (tracemalloc-visible) allocations during ``fn()``, and its result."""
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        out = fn()
+        return tracemalloc.get_traced_memory()[1] - base, out
+    finally:
+        tracemalloc.stop()
+
+
+# -- memory ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_stored_solve_allocates_one_kernel_and_streamed_none(dtype):
+    S = make_scores(40_000, 100, kind="collapsed", seed=4, dtype=dtype)
+    solve(S, tol=1e-1, kernel="stored"), solve(S, tol=1e-1, kernel="streamed")  # compile first
+    stored, res = peak_bytes(lambda: solve(S, kernel="stored"))
+    assert res.converged
+    # the kernel (same dtype as S) and vectors of length N and K, nothing else N x K
+    assert S.nbytes <= stored <= S.nbytes + 0.15 * S.nbytes
+    streamed, res2 = peak_bytes(lambda: solve(S, kernel="streamed"))
+    assert res2.converged
+    assert streamed <= 0.15 * S.nbytes
+
+
+def test_validation_and_labels_allocate_no_matrix():
+    S = make_scores(40_000, 100, seed=5)
+    g = np.zeros(100)
+    B.scan(S), B.argmax(S, 25.0, g)  # compile
+    labels = np.zeros(40_000, np.int64)
+    for fn in (lambda: B.scan(S), lambda: B.argmax(S, 25.0, g), lambda: B.gather(S, labels)):
+        used, _ = peak_bytes(fn)
+        assert used <= 0.05 * S.nbytes
+
+
+def test_float16_scores_get_a_float32_kernel():
+    S = make_scores(3000, 30, seed=6, dtype=np.float16)
+    res = solve(S)
+    ref = solve(S.astype(np.float32))
+    assert res.converged and np.mean(res.labels == ref.labels) >= 0.99
+
+
+# -- the streamed kernel ------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_streamed_matches_stored(kind, dtype):
+    S = make_scores(5000, 50, kind=kind, seed=7, dtype=dtype)
+    stored = solve(S, kernel="stored", tol=1e-5)
+    streamed = solve(S, kernel="streamed", tol=1e-5)
+    assert stored.converged and streamed.converged
+    assert np.mean(stored.labels == streamed.labels) >= 0.999
+    assert streamed.objective == pytest.approx(stored.objective, rel=1e-5)
+    # the same plan: potentials agree up to the gauge (a constant moved between u and v)
+    dv = streamed.log_v - stored.log_v
+    finite = np.isfinite(dv)
+    assert np.ptp(dv[finite]) <= 0.05
+
+
+def test_streamed_scores_are_left_untouched_and_multi_head_works():
+    S = np.stack([make_scores(2000, 20, seed=s) for s in (8, 9)])
+    before = S.copy()
+    res = solve(S, kernel="streamed")
+    assert res.converged and res.labels.shape == (2, 2000)
+    np.testing.assert_array_equal(S, before)
+
+
+def test_auto_streams_when_the_kernel_would_not_fit(monkeypatch):
+    S = make_scores(3000, 30, seed=10)
+    calls = []
+    real = type(B).stream_sweep
+
+    def spy(self, *args):
+        calls.append(1)
+        return real(self, *args)
+
+    monkeypatch.setattr(type(B), "stream_sweep", spy)
+    solve(S)
+    assert not calls  # plenty of memory: stored
+    monkeypatch.setattr(_driver, "_available_memory", lambda: S.nbytes)
+    res = solve(S)
+    assert calls and res.converged
+
+
+def test_kernel_option_errors():
+    S = make_scores(300, 5, seed=11)
+    with pytest.raises(ValueError, match="`kernel` must be 'auto', 'stored' or 'streamed'; got 'disk'"):
+        sinklabel.solve(S, kernel="disk")
+    with pytest.raises(ValueError, match="`acceleration` must be 'anderson' or None; got 'sor'"):
+        sinklabel.solve(S, acceleration="sor")
+    pytest.importorskip("torch")
+    with pytest.raises(ValueError, match="`kernel='streamed'` is not supported by backend 'torch'"):
+        sinklabel.solve(S, backend="torch", kernel="streamed")
+
+
+# -- acceleration ---------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_anderson_never_worse_than_plain(kind, dtype):
+    S = make_scores(2000, 20, kind=kind, seed=12, dtype=dtype)
+    for lam in (1.0, 10.0, 25.0, 100.0):
+        plain = solve(S, lam, acceleration=None)
+        fast = solve(S, lam)
+        assert plain.converged and fast.converged
+        assert fast.n_iter <= plain.n_iter
+        if lam >= 25:
+            assert 3 * fast.n_iter <= plain.n_iter  # the point of it
+        assert fast.error <= 1e-3
+
+
+def test_anderson_converges_at_lam_1000_where_plain_does_not():
+    S = make_scores(3000, 30, seed=0)
+    plain = solve(S, 1000.0, acceleration=None, max_iter=3000)
+    fast = solve(S, 1000.0, max_iter=3000)
+    assert not plain.converged
+    assert fast.converged and fast.error <= 1e-3
+
+
+def test_explicit_check_every_turns_acceleration_off():
+    S = make_scores(2000, 20, seed=13)
+    plain = solve(S, acceleration=None, check_every=5)
+    both = solve(S, check_every=5)
+    assert both.n_iter == plain.n_iter
+
+
+def test_anderson_leaves_inactive_clusters_alone_and_restarts():
+    active = np.array([True, False, True])
+    mixer = Anderson(active, memory=3)
+    x = np.array([0.0, -np.inf, 0.0])
+    for step in range(4):
+        gx = x + np.array([0.5, 0.0, -0.5]) * 0.5**step
+        gx[1] = -np.inf
+        nxt = mixer.step(x, gx, err=0.5**step)
+        assert nxt[1] == -np.inf and np.all(np.isfinite(nxt[active]))
+        x = nxt
+    # a proposal whose residual is far worse than the best: back to the best's successor
+    bad = mixer.step(x, x + np.array([50.0, 0.0, -50.0]), err=10.0)
+    assert mixer.restarted and mixer.restarts == 1
+    assert np.all(np.isfinite(bad[active]))
+
+
+# -- fast-math keeps NaN and inf --------------------------------------------------------------
+def test_exp_is_accurate_and_keeps_special_values():
+    x = np.linspace(-700, 700, 20001)
+    got = np.array([_numba._exp(v) for v in x])
+    np.testing.assert_allclose(got, np.exp(x), rtol=4e-16 * 8)
+    x32 = np.linspace(-87, 88, 5001).astype(np.float32)
+    got32 = np.array([_numba._expf(v) for v in x32])
+    np.testing.assert_allclose(got32, np.exp(x32.astype(np.float64)), rtol=3e-7)
+    assert np.isnan(_numba._exp(np.nan)) and np.isnan(_numba._expf(np.float32(np.nan)))
+    assert _numba._exp(-np.inf) == 0.0 and _numba._expf(np.float32(-np.inf)) == 0.0
+    assert _numba._exp(1000.0) == np.inf and _numba._expf(np.float32(100.0)) == np.inf
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("serial", [True, False])
+def test_non_finite_values_survive_the_fused_passes(dtype, serial, monkeypatch):
+    monkeypatch.setattr(_numba, "_SERIAL_MAX", 1 << 40 if serial else 0)
+    n, k = 600, 16
+    K = np.random.default_rng(0).random((n, k)).astype(dtype)
+    v, c = np.ones(k), np.full(n, 1.0 / n)
+    for bad in (np.nan, np.inf):
+        Kb = K.copy()
+        Kb[123, 7] = bad
+        u, acc = B.sweep(Kb, v, c)
+        assert not (B.all_finite(u) and B.all_finite(acc))
+    Kz = K.copy()
+    Kz[200] = 0.0  # a row that underflowed: u = c / 0
+    u, _ = B.sweep(Kz, v, c)
+    assert not B.all_finite(u)
+    S = make_scores(n, k, seed=14, dtype=dtype)
+    a, col = B.log_sweep(S, 25.0, np.zeros(k), np.log(c))
+    Sb = S.copy()
+    Sb[17, 3] = np.nan
+    a_next, mass = B.stream_sweep(Sb, 25.0, a, col * 0, c)
+    assert not (B.all_finite(a_next) and B.all_finite(mass))
+    assert B.scan(Sb).nan_at == (17, 3)
+
+
+def test_serial_and_parallel_paths_agree(monkeypatch):
+    S = make_scores(3000, 40, kind="neginf", seed=15)
+    c = np.full(3000, 1 / 3000)
+    g = np.random.default_rng(1).normal(0, 2, 40)
+    out = {}
+    for serial in (True, False):
+        monkeypatch.setattr(_numba, "_SERIAL_MAX", 1 << 40 if serial else 0)
+        a, lse = B.log_sweep(S, 25.0, g, np.log(c))
+        K = B.build_kernel(S, 25.0, a, g)
+        u, acc = B.sweep(K, np.ones(40), c)
+        a2, mass = B.stream_sweep(S, 25.0, a, g, c)
+        out[serial] = (a, lse, K, u, acc, a2, mass, B.argmax(S, 25.0, g), B.scan(S).dead_cols)
+    for x, y in zip(out[True], out[False]):
+        np.testing.assert_allclose(x, y, rtol=1e-5)
