@@ -3,12 +3,14 @@
 Each primitive is one pass over the N x K matrix, rows split into contiguous chunks run in
 parallel, one K-vector of float64 accumulators per chunk (no N x K temporaries):
 
-- ``sweep``: per row, ``s_i = Kmat_i . v`` and ``u_i = c_i / s_i`` (rows exact), then
-  ``acc += u_i Kmat_i`` while the row is still in L1. For a float32 kernel the row dot
-  and the per-row update run in float32 (16 lanes) and the partial sums are flushed into
-  the float64 accumulators every ``_FLUSH`` rows: the relative rounding of the column
-  masses stays below ~1e-6, far under any useful ``tol``, and the sweep costs about one
-  streaming read of the kernel (``benchmarks/RESULTS.md``).
+- ``sweep``: per block of four rows, ``s_i = Kmat_i . v`` and ``u_i = c_i / s_i`` (rows
+  exact), then ``acc += u_i Kmat_i`` while the rows are still in L1. For a float32
+  kernel the dots and updates run in float32 (16 lanes) and the partial sums are
+  flushed into the float64 accumulators every ``_FLUSH`` rows: the relative rounding of
+  the column masses stays below ~1e-6, far under any useful ``tol``, and the sweep
+  costs about 1.1 streaming reads of the kernel (``benchmarks/RESULTS.md``).
+- ``stream_sweep``: the same with the kernel recomputed from the scores (a float32
+  ``exp`` per entry, vectorised): no N x K array, about 3 reads' time.
 - ``log_sweep``, ``build_kernel``: the exp-heavy passes (one at the start and one at each
   rare absorption) use a branch-free, vectorisable ``exp`` (Cody-Waite reduction and a
   degree-12 polynomial, ~1 ulp in float64); numba's ``math.exp`` is a scalar libm call.
@@ -117,67 +119,82 @@ def _chunks(S: np.ndarray) -> int:
 def _sweep_rows32(K, vk, c, u, acc, lo, hi):
     """Rows lo..hi, float32: u_i = c_i / (K_i . v) (rows exact), acc += u_i K_i.
 
-    Software-pipelined: one loop adds row i (from L1) into the column sums while it
-    takes the dot product of row i + 1 (from memory), so the memory stream never
-    pauses. Dot and update run in float32 (16 lanes); the partial column sums are
-    flushed into the float64 ``acc`` every ``_FLUSH`` rows.
+    Four rows at a time: one loop takes their four dot products (four memory streams),
+    a second adds all four into the column sums while they are in L1, so the partial
+    sums are loaded and stored once per four rows. Dots and updates run in float32
+    (16 lanes); the partial sums are flushed into the float64 ``acc`` every ``_FLUSH``
+    rows.
     """
     k = K.shape[1]
-    if hi <= lo:
-        return
     part = np.zeros(k, dtype=np.float32)
     count = 0
-    row = K[lo]
-    s = np.float32(0.0)
-    for j in range(k):
-        s += row[j] * vk[j]
-    for i in range(lo, hi):
-        ui = c[i] / np.float64(s)
-        u[i] = ui
-        uk = np.float32(ui)
-        if i + 1 < hi:
-            nxt = K[i + 1]
-            s = np.float32(0.0)
-            for j in range(k):
-                s += nxt[j] * vk[j]
-                part[j] += row[j] * uk
-            row = nxt
-        else:
-            for j in range(k):
-                part[j] += row[j] * uk
-        count += 1
-        if count == _FLUSH:
+    i = lo
+    while i + 4 <= hi:
+        r0, r1, r2, r3 = K[i], K[i + 1], K[i + 2], K[i + 3]
+        s0 = s1 = s2 = s3 = np.float32(0.0)
+        for j in range(k):
+            vj = vk[j]
+            s0 += r0[j] * vj
+            s1 += r1[j] * vj
+            s2 += r2[j] * vj
+            s3 += r3[j] * vj
+        u0, u1 = c[i] / np.float64(s0), c[i + 1] / np.float64(s1)
+        u2, u3 = c[i + 2] / np.float64(s2), c[i + 3] / np.float64(s3)
+        u[i], u[i + 1], u[i + 2], u[i + 3] = u0, u1, u2, u3
+        a0, a1, a2, a3 = np.float32(u0), np.float32(u1), np.float32(u2), np.float32(u3)
+        for j in range(k):
+            part[j] += r0[j] * a0 + r1[j] * a1 + r2[j] * a2 + r3[j] * a3
+        i += 4
+        count += 4
+        if count >= _FLUSH:
             for j in range(k):
                 acc[j] += part[j]
                 part[j] = 0.0
             count = 0
+    while i < hi:
+        row = K[i]
+        s = np.float32(0.0)
+        for j in range(k):
+            s += row[j] * vk[j]
+        ui = c[i] / np.float64(s)
+        u[i] = ui
+        uk = np.float32(ui)
+        for j in range(k):
+            part[j] += row[j] * uk
+        i += 1
     for j in range(k):
         acc[j] += part[j]
 
 
 @njit(fastmath=_FAST, nogil=True, cache=True, error_model="numpy")
 def _sweep_rows64(K, vk, c, u, acc, lo, hi):
-    """Rows lo..hi in float64 (float64 kernels), pipelined as ``_sweep_rows32``."""
+    """Rows lo..hi in float64 (float64 kernels), four at a time as ``_sweep_rows32``."""
     k = K.shape[1]
-    if hi <= lo:
-        return
-    row = K[lo]
-    s = 0.0
-    for j in range(k):
-        s += row[j] * vk[j]
-    for i in range(lo, hi):
+    i = lo
+    while i + 4 <= hi:
+        r0, r1, r2, r3 = K[i], K[i + 1], K[i + 2], K[i + 3]
+        s0 = s1 = s2 = s3 = 0.0
+        for j in range(k):
+            vj = vk[j]
+            s0 += r0[j] * vj
+            s1 += r1[j] * vj
+            s2 += r2[j] * vj
+            s3 += r3[j] * vj
+        u0, u1, u2, u3 = c[i] / s0, c[i + 1] / s1, c[i + 2] / s2, c[i + 3] / s3
+        u[i], u[i + 1], u[i + 2], u[i + 3] = u0, u1, u2, u3
+        for j in range(k):
+            acc[j] += r0[j] * u0 + r1[j] * u1 + r2[j] * u2 + r3[j] * u3
+        i += 4
+    while i < hi:
+        row = K[i]
+        s = 0.0
+        for j in range(k):
+            s += row[j] * vk[j]
         ui = c[i] / s
         u[i] = ui
-        if i + 1 < hi:
-            nxt = K[i + 1]
-            s = 0.0
-            for j in range(k):
-                s += nxt[j] * vk[j]
-                acc[j] += row[j] * ui
-            row = nxt
-        else:
-            for j in range(k):
-                acc[j] += row[j] * ui
+        for j in range(k):
+            acc[j] += row[j] * ui
+        i += 1
 
 
 @njit(parallel=True, fastmath=_FAST, cache=True, error_model="numpy")
