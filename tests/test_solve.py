@@ -41,8 +41,11 @@ def test_marginals_hold_to_tolerance(prob):
 def test_row_shift_changes_nothing(prob):
     S, lam, seed = prob
     shift = np.random.default_rng(seed).normal(0, 5, size=(S.shape[0], 1))
-    a = sinklabel.solve(S, lam, tol=1e-6, max_iter=200000)
-    b = sinklabel.solve(S + shift, lam, tol=1e-6, max_iter=200000)
+    # plain Sinkhorn: its iterates are exactly shift-covariant; accelerated ones agree
+    # only to the tolerance, and on near-degenerate draws (N = 20, lam 25) tol 1e-6 pins
+    # a flat direction of the potentials to ~5e-3 only
+    a = sinklabel.solve(S, lam, tol=1e-6, max_iter=200000, acceleration=None)
+    b = sinklabel.solve(S + shift, lam, tol=1e-6, max_iter=200000, acceleration=None)
     np.testing.assert_allclose(a.log_v - a.log_v.max(), b.log_v - b.log_v.max(), atol=1e-3)
     np.testing.assert_allclose(
         a.log_u, b.log_u + lam * shift[:, 0] - (a.log_v.max() - b.log_v.max()), atol=1e-3
