@@ -74,7 +74,11 @@ def test_smoke_two_label_steps(tmp_path):
         assert (out / name).exists(), name
     labels, ks = read_labels(out / "labels" / "final.npz")
     assert ks == (10, 4) and labels.shape == (2, 256)
-    assert json.loads((out / "metrics.json").read_text())["num_clusters"] == [10, 4]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_clusters"] == [10, 4]
+    # the summary clustering metrics are those of the head with K = the 10 classes
+    assert metrics["metric_heads"] == [0]
+    assert metrics["nmi"] == metrics["test_heads"][0]["nmi"]
 
     # label transfer: a fresh network trained on the exported labels
     tr = run(
@@ -105,3 +109,27 @@ def test_resume_after_label_step_gives_the_same_final_labels(tmp_path):
     assert timeless(resumed["history"]) == timeless(full["history"])
     assert resumed["epoch_loss"] == full["epoch_loss"]
     assert resumed["knn_test"] == full["knn_test"]
+
+
+def test_nuisance_explained_variance_and_statistics():
+    from examples.sela_train.nuisance import explained, image_statistics
+
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=600)
+    assert explained(v, (v > 0).astype(int)) > 0.6  # a split at the median explains 2/pi
+    assert explained(v, np.digitize(v, np.quantile(v, np.linspace(0, 1, 11)[1:-1]))) > 0.9
+    d = rng.integers(0, 3, 600)
+    assert explained(d.astype(float), d) == pytest.approx(1.0)
+    assert abs(explained(v, rng.integers(0, 10, 600))) < 0.05
+    assert explained(np.ones(600), rng.integers(0, 10, 600)) == 0.0
+    # a white 8 x 8 square at rows 4..11 on a dark red background
+    img = np.zeros((2, 3, 32, 32), np.uint8)
+    img[:, 0] = 50
+    img[0, :, 4:12, 10:18] = 255
+    img[1, :, 20:28, 2:10] = 255
+    st = image_statistics(img)
+    np.testing.assert_allclose(st["background R"], 50 / 255, atol=1e-6)
+    np.testing.assert_allclose(st["digit area"], 64 / 1024)
+    np.testing.assert_allclose(st["digit centre y"], [7.5, 23.5])
+    np.testing.assert_allclose(st["digit centre x"], [13.5, 5.5])
+    np.testing.assert_allclose(st["digit luma"], 1.0, atol=1e-6)

@@ -34,6 +34,7 @@ ROWS = {
     ],
     "heads": [
         ("SeLa T=1", ["--num-clusters", "10"]),
+        ("SeLa T=5, all K=10", ["--num-clusters", "10", "10", "10", "10", "10"]),
     ],
     "balanced": [
         ("SeLa, balanced labels", ["--balanced"]),
@@ -127,13 +128,34 @@ def table(rows: list[dict]) -> str:
     lines = [head, "|" + "---|" * (len(COLS) + 3)]
     for r in rows:
         tl = r.get("train_labels")
-        tl = f"{np.mean([h['nmi'] for h in tl]):.3f}" if tl and r.get("history") else "–"
+        if tl and r.get("history"):
+            tl = f"{np.mean([tl[t]['nmi'] for t in r.get('metric_heads', range(len(tl)))]):.3f}"
+        else:
+            tl = "–"
         vals = " | ".join(
             f"{100 * r[k]:.1f}" if k.startswith(("knn", "probe", "acc")) else f"{r[k]:.3f}" for _, k in COLS
         )
         lines.append(
             f"| {r['name']} | {vals} | {tl} | {r.get('seconds_wall', r.get('seconds_total', 0)):.0f} |"
         )
+    return "\n".join(lines)
+
+
+def aggregate(dirs: list[Path]) -> str:
+    """Mean ± standard deviation of each row over several invocations (e.g. seeds), from their
+    ``results.json``; rows missing from an invocation are averaged over the others."""
+    runs = [{r["name"]: r for r in json.loads((d / "results.json").read_text())} for d in dirs]
+    names = list(dict.fromkeys(n for r in runs for n in r))
+    head = "| row | runs | " + " | ".join(c for c, _ in COLS) + " |"
+    lines = [head, "|" + "---|" * (len(COLS) + 2)]
+    for n in names:
+        cells = []
+        for _, k in COLS:
+            v = np.array([r[n][k] for r in runs if n in r], dtype=float)
+            scale, fmt = (100, ".1f") if k.startswith(("knn", "probe", "acc")) else (1, ".3f")
+            sd = f" ± {v.std(ddof=1) * scale:{fmt}}" if len(v) > 1 else ""
+            cells.append(f"{v.mean() * scale:{fmt}}{sd}")
+        lines.append(f"| {n} | {sum(n in r for r in runs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -169,8 +191,18 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=1, help="rows trained in parallel (each with --threads)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--report-only", action="store_true", help="tabulate finished rows, train nothing")
+    p.add_argument(
+        "--aggregate",
+        nargs="+",
+        type=Path,
+        metavar="DIR",
+        help="print mean ± sd of each row over these finished invocations (e.g. one per seed); train nothing",
+    )
     p.add_argument("common", nargs=argparse.REMAINDER, help="flags passed to every row, after --")
     a = p.parse_args(argv)
+    if a.aggregate:
+        print(aggregate(a.aggregate))
+        return 0
     common = [c for c in a.common if c != "--"] + ["--threads", str(a.threads)]
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -182,13 +214,22 @@ def main(argv=None) -> int:
     with ThreadPoolExecutor(a.jobs) as ex:
         results = list(ex.map(lambda nf: run_row(nf[0], nf[1], out, common), todo))
     wall = time.perf_counter() - t0
+    # the folder's tables cover every finished row, not only this invocation's: a later
+    # invocation with another --study adds its rows instead of replacing the earlier ones
     by = {r["name"]: r for r in results}
-    md = [f"Wall time of this invocation: {wall:.0f} s with --jobs {a.jobs} --threads {a.threads}.\n"]
-    for s in a.study:
-        md.append(f"### {s}\n\n" + table([by[n] for n, _ in ROWS[s] if n in by]) + "\n")
+    for study in ROWS.values():
+        for n, _ in study:
+            f = out / _slug(n) / "metrics.json"
+            if n not in by and f.exists():
+                by[n] = json.loads(f.read_text())
+    md = [f"Wall time of the last invocation: {wall:.0f} s with --jobs {a.jobs} --threads {a.threads}.\n"]
+    for s, study in ROWS.items():
+        if any(n in by for n, _ in study):
+            md.append(f"### {s}\n\n" + table([by[n] for n, _ in study if n in by]) + "\n")
     (out / "results.md").write_text("\n".join(md))
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    plot(results, out / "comparison.png")
+    (out / "results.json").write_text(json.dumps(list(by.values()), indent=1))
+    main_rows = [by[n] for n, _ in ROWS["main"] if n in by]
+    plot(main_rows or results, out / "comparison.png")
     print("\n".join(md))
     return 0
 

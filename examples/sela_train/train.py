@@ -368,8 +368,12 @@ class Trainer:
         # final self-labels on the training split
         res["test_heads"] = [clustering_metrics(data.test.targets, p) for p in preds["test"]]
         res["train_labels"] = [clustering_metrics(data.train.targets, lab) for lab in self.labels]
+        # the summary averages the heads with as many clusters as classes (Hungarian accuracy is
+        # one-to-one), or every head when none has
+        same = [t for t, k in enumerate(self.ks) if k == data.num_classes]
+        res["metric_heads"] = same or list(range(len(self.ks)))
         for key in ("nmi", "anmi", "ari", "acc"):
-            res[key] = float(np.mean([h[key] for h in res["test_heads"]]))
+            res[key] = float(np.mean([res["test_heads"][t][key] for t in res["metric_heads"]]))
         res["history"] = self.history
         res["epoch_loss"] = self.epoch_loss
         return res
