@@ -121,8 +121,9 @@ def _sweep_rows32(K, vk, c, u, acc, lo, hi):
 
     Eight rows at a time: one loop takes their eight dot products (eight memory
     streams), a second adds all eight into the column sums while they are in L1, so the
-    partial sums are loaded and stored once per eight rows (measured: 1.05-1.08 reads
-    of the kernel; four rows 1.10, one row pipelined 1.2-1.6). Dots and updates run in
+    partial sums are loaded and stored once per eight rows (measured: 1.07-1.29 reads of
+    the kernel as the shared VM's state varies, always within a few per cent of a numba
+    pass that only reads it; benchmarks/RESULTS.md). Dots and updates run in
     float32 (16 lanes); the partial sums are flushed into the float64 ``acc`` every
     ``_FLUSH`` rows.
     """
