@@ -96,7 +96,8 @@ def main() -> None:
                 st = stats[lam]
                 gaps = np.abs(st["gaps"])
                 rows.append(
-                    f"| {fam} | {np.dtype(dtype).name} | {lam:g} | {st['nan']} | {st['conv']}/{args.problems} "
+                    f"| {fam} | {np.dtype(dtype).name} | {lam:g} | {st['nan']} "
+                    f"| {st['conv']}/{args.problems} "
                     f"| {st['notconv']} | {st['honest']}/{args.problems} | {st['inrange']}/{args.problems} "
                     f"| {int(np.median(st['iters']))} / {max(st['iters'])} | {gaps.max():.2%} |"
                 )
@@ -111,12 +112,14 @@ def main() -> None:
         "",
         "Command: `python benchmarks/quality_report.py`",
         "",
-        "*honest*: `converged` agrees with the reported error and a ConvergenceWarning was raised exactly "
-        "when not converged. *gap*: max over problems of |objective(argmax labels) − LP optimum| / |LP optimum| "
-        "(exact LP by `ot.emd` with integer sizes). Labels here are the plan's argmax (`balanced=False`): the "
-        "default balanced labels equal the LP optimum by construction (see RESULTS.md).",
+        "*honest*: `converged` agrees with the reported error and a ConvergenceWarning was raised "
+        "exactly when not converged. *gap*: max over problems of "
+        "|objective(argmax labels) − LP optimum| / |LP optimum| (exact LP by `ot.emd` with integer "
+        "sizes). Labels here are the plan's argmax (`balanced=False`): the default balanced labels "
+        "equal the LP optimum by construction (see RESULTS.md).",
         "",
-        "| family | dtype | lam | NaN | converged | reported not converged | honest | labels valid | iterations median / max | max gap to exact LP |",
+        "| family | dtype | lam | NaN | converged | reported not converged | honest | labels valid "
+        "| iterations median / max | max gap to exact LP |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     with open(args.out, "w") as fh:
