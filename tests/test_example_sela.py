@@ -133,3 +133,31 @@ def test_nuisance_explained_variance_and_statistics():
     np.testing.assert_allclose(st["digit centre y"], [7.5, 23.5])
     np.testing.assert_allclose(st["digit centre x"], [13.5, 5.5])
     np.testing.assert_allclose(st["digit luma"], 1.0, atol=1e-6)
+
+
+def _fake_row(d: Path, name: str, knn: float) -> None:
+    d.mkdir(parents=True, exist_ok=True)
+    row = dict(name=name, knn_test=knn, probe_test=0.5, nmi=0.1, anmi=0.05, ari=0.02, acc=0.2)
+    (d / "metrics.json").write_text(json.dumps(row))
+
+
+def test_compare_keeps_every_finished_row_and_aggregates_seeds(tmp_path):
+    from examples.sela_train import compare
+
+    out = tmp_path / "cmp"
+    _fake_row(out / "sela", "SeLa", 0.40)
+    _fake_row(out / "sela_t_1", "SeLa T=1", 0.30)
+    # an invocation with only the heads study still tabulates the main row already there
+    assert compare.main(["--out", str(out), "--study", "heads", "--report-only"]) == 0
+    names = [r["name"] for r in json.loads((out / "results.json").read_text())]
+    assert names == ["SeLa", "SeLa T=1"]
+    assert "### main" in (out / "results.md").read_text()
+
+    other = tmp_path / "cmp_seed1"
+    _fake_row(other / "sela", "SeLa", 0.50)
+    assert compare.main(["--out", str(other), "--study", "main", "--report-only"]) == 0
+    lines = compare.aggregate([out, other]).splitlines()
+    assert lines[2] == (
+        "| SeLa | 2 | 45.0 ± 7.1 | 50.0 ± 0.0 | 0.100 ± 0.000 | 0.050 ± 0.000 | 0.020 ± 0.000 | 20.0 ± 0.0 |"
+    )
+    assert lines[3].startswith("| SeLa T=1 | 1 | 30.0 | 50.0 |")

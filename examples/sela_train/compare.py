@@ -222,6 +222,8 @@ def main(argv=None) -> int:
             f = out / _slug(n) / "metrics.json"
             if n not in by and f.exists():
                 by[n] = json.loads(f.read_text())
+    order = [n for study in ROWS.values() for n, _ in study]
+    by = dict(sorted(by.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
     md = [f"Wall time of the last invocation: {wall:.0f} s with --jobs {a.jobs} --threads {a.threads}.\n"]
     for s, study in ROWS.items():
         if any(n in by for n, _ in study):
