@@ -61,6 +61,9 @@ def _same_labels_up_to_ties(S, lam, a, b):
         assert abs(X[i, a.labels[i]] - X[i, b.labels[i]]) < 1e-3
 
 
+# covariance of the iterates is what is tested, so a slow draw that stops at max_iter (and warns)
+# still has to permute exactly
+@pytest.mark.filterwarnings("ignore::sinklabel.ConvergenceWarning")
 @settings(max_examples=30, deadline=None)
 @given(problems())
 def test_permutations_permute_the_answer(prob):
