@@ -16,13 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import threading
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _machine  # noqa: E402
 
 import sinklabel
 from sinklabel._auction import kernels
@@ -36,17 +38,7 @@ LAM = 25.0
 
 
 def machine() -> str:
-    model = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return f"{time.strftime('%Y-%m-%d')}, nproc {os.cpu_count()}, {model}, load average {load}"
+    return f"{time.strftime('%Y-%m-%d')}, {_machine.machine()}, load average {_machine.load()}"
 
 
 class PeakRSS:

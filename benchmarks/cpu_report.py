@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import re
 import subprocess
 import sys
@@ -38,6 +36,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from _floor import stream_read  # noqa: E402
+from _machine import load, machine  # noqa: E402, F401  (imagenet_cpu imports them from here)
 from _methods import LAM, TOL, calibrate_pot, paper_loop, pot_method, sinklabel_methods  # noqa: E402
 
 import sinklabel  # noqa: E402
@@ -76,24 +75,6 @@ def with_peak(fn, *args):
 
 
 # -- machine ------------------------------------------------------------------------------
-def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip() or os.cpu_count()
-    return f"{nproc} cores (`nproc`), {model}"
-
-
-def load() -> str:
-    return "/".join(f"{x:.1f}" for x in os.getloadavg())
-
-
 # -- one sweep against one read -------------------------------------------------------------
 def sweep_ratios(S: np.ndarray, pairs: int = 21) -> dict[str, float]:
     """Median over interleaved pairs of (one primitive) / (one parallel read of S)."""

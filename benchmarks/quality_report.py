@@ -12,12 +12,14 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
-import subprocess
+import sys
 import time
 import warnings
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _machine import cpu_model  # noqa: E402
 
 import sinklabel
 from sinklabel.exact import solve_exact
@@ -31,21 +33,8 @@ FAMILIES = {
 }
 
 
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--problems", type=int, default=20)
@@ -59,8 +48,7 @@ def main() -> None:
         n = args.n + extra
         for dtype in (np.float32, np.float64):
             stats = {
-                lam: dict(nan=0, conv=0, notconv=0, honest=0, inrange=0, iters=[], gaps=[])
-                for lam in lams
+                lam: dict(nan=0, conv=0, notconv=0, honest=0, inrange=0, iters=[], gaps=[]) for lam in lams
             }
             for p in range(args.problems):
                 S = make_scores(n, args.k, kind=kind, seed=1000 + p, dtype=dtype)
@@ -78,13 +66,9 @@ def main() -> None:
                     )
                     st["nan"] += int(not finite)
                     st["conv"] += int(h.converged)
-                    warned = any(
-                        issubclass(w.category, sinklabel.ConvergenceWarning) for w in caught
-                    )
+                    warned = any(issubclass(w.category, sinklabel.ConvergenceWarning) for w in caught)
                     st["notconv"] += int(not h.converged)
-                    st["honest"] += int(
-                        h.converged == (h.error <= res.tol) and warned == (not h.converged)
-                    )
+                    st["honest"] += int(h.converged == (h.error <= res.tol) and warned == (not h.converged))
                     st["inrange"] += int(
                         h.labels.min() >= 0
                         and h.labels.max() < args.k

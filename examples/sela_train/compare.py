@@ -212,18 +212,17 @@ def main(argv=None) -> int:
         todo = [(n, f) for n, f in todo if (out / _slug(n) / "metrics.json").exists()]
     t0 = time.perf_counter()
     with ThreadPoolExecutor(a.jobs) as ex:
-        results = list(ex.map(lambda nf: run_row(nf[0], nf[1], out, common), todo))
+        list(ex.map(lambda nf: run_row(nf[0], nf[1], out, common), todo))
     wall = time.perf_counter() - t0
     # the folder's tables cover every finished row, not only this invocation's: a later
     # invocation with another --study adds its rows instead of replacing the earlier ones
-    by = {r["name"]: r for r in results}
+    # (run_row leaves every row's metrics.json in its folder, in the studies' order here)
+    by = {}
     for study in ROWS.values():
         for n, _ in study:
             f = out / _slug(n) / "metrics.json"
-            if n not in by and f.exists():
+            if f.exists():
                 by[n] = json.loads(f.read_text())
-    order = [n for study in ROWS.values() for n, _ in study]
-    by = dict(sorted(by.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
     md = [f"Wall time of the last invocation: {wall:.0f} s with --jobs {a.jobs} --threads {a.threads}.\n"]
     for s, study in ROWS.items():
         if any(n in by for n, _ in study):
@@ -231,7 +230,7 @@ def main(argv=None) -> int:
     (out / "results.md").write_text("\n".join(md))
     (out / "results.json").write_text(json.dumps(list(by.values()), indent=1))
     main_rows = [by[n] for n, _ in ROWS["main"] if n in by]
-    plot(main_rows or results, out / "comparison.png")
+    plot(main_rows or list(by.values()), out / "comparison.png")
     print("\n".join(md))
     return 0
 

@@ -111,11 +111,7 @@ class Exchange:
         try:
             dist.all_reduce(payload, op=getattr(dist.ReduceOp, self._OPS[op]), group=self.group)
         except Exception as exc:  # a rank died, hung past the timeout, or sent another size
-            raise DistributedError(
-                f"sinklabel.distributed: the exchange with the other ranks failed on rank "
-                f"{self.rank} ({type(exc).__name__}: {str(exc)[:300]}); a rank died, hung past "
-                "the process group's timeout, or left the solve"
-            ) from exc
+            raise self._failed("the other ranks", exc) from exc
         got, dev = payload[-2:].abs(), payload.device
         self.status[dev] = torch.maximum(self.status[dev], got) if dev in self.status else got
         return payload[:-2]
@@ -132,11 +128,14 @@ class Exchange:
         try:
             fn(t, self._peer(r), group=self.group)
         except Exception as exc:  # a rank died, hung past the timeout, or left the solve
-            raise DistributedError(
-                f"sinklabel.distributed: the exchange with rank {r} failed on rank "
-                f"{self.rank} ({type(exc).__name__}: {str(exc)[:300]}); a rank died, hung past "
-                "the process group's timeout, or left the solve"
-            ) from exc
+            raise self._failed(f"rank {r}", exc) from exc
+
+    def _failed(self, peer: str, exc: Exception) -> DistributedError:
+        return DistributedError(
+            f"sinklabel.distributed: the exchange with {peer} failed on rank "
+            f"{self.rank} ({type(exc).__name__}: {str(exc)[:300]}); a rank died, hung past "
+            "the process group's timeout, or left the solve"
+        )
 
     def gather(self, x: np.ndarray, counts: Any, kind: str) -> list[np.ndarray] | None:
         """Every rank's float64 vector ``x`` on rank 0 (a list in rank order; ``None``

@@ -112,6 +112,16 @@ def _chunks(S: np.ndarray) -> int:
     return max(1, min(n, 4 * numba.get_num_threads()))
 
 
+@njit(nogil=True, cache=True)
+def _chunk_sum(accs):
+    """The column sums of the per-chunk accumulators, in chunk order (deterministic)."""
+    acc = np.zeros(accs.shape[1])
+    for t in range(accs.shape[0]):
+        for j in range(accs.shape[1]):
+            acc[j] += accs[t, j]
+    return acc
+
+
 # -- sweep ---------------------------------------------------------------------------------
 
 
@@ -221,11 +231,7 @@ def _sweep(K, vk, c, u, n_chunks, single):
             _sweep_rows32(K, vk, c, u, accs[t], lo, hi)
         else:
             _sweep_rows64(K, vk, c, u, accs[t], lo, hi)
-    acc = np.zeros(k)
-    for t in range(n_chunks):
-        for j in range(k):
-            acc[j] += accs[t, j]
-    return acc
+    return _chunk_sum(accs)
 
 
 # -- scan ----------------------------------------------------------------------------------
@@ -451,11 +457,7 @@ def _stream(S, lam, a, g, c, a_next, n_chunks, single):
             _stream_rows32(S, lam, a, g32, c, a_next, accs[t], lo, hi)
         else:
             _stream_rows64(S, lam, a, g, c, a_next, accs[t], lo, hi)
-    acc = np.zeros(k)
-    for t in range(n_chunks):
-        for j in range(k):
-            acc[j] += accs[t, j]
-    return acc
+    return _chunk_sum(accs)
 
 
 # -- labels --------------------------------------------------------------------------------
