@@ -28,6 +28,7 @@ dist = pytest.importorskip("torch.distributed")
 if not (dist.is_available() and dist.is_gloo_available()):
     pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
 
+from sinklabel import _balanced_ranks as sbr  # noqa: E402
 from sinklabel import distributed as sd  # noqa: E402
 from sinklabel.backends import get_backend  # noqa: E402
 from sinklabel.backends._base import Backend  # noqa: E402
@@ -309,12 +310,12 @@ def scenario_lam_differs(rank, group):
 
 def scenario_balanced(name, rank, group):
     S, kw = local_problem(name, rank)
-    saved = sd._CANDIDATES
-    sd._CANDIDATES = PROBLEMS[name].get("candidates", saved)
+    saved = sbr._CANDIDATES
+    sbr._CANDIDATES = PROBLEMS[name].get("candidates", saved)
     try:
         res = sd.solve(S, balanced=True, group=group, **kw)
     finally:
-        sd._CANDIDATES = saved
+        sbr._CANDIDATES = saved
     out = summary(res)
     out.update(
         certified=[h.certified for h in res.heads],
@@ -337,17 +338,17 @@ def scenario_balanced_differs(rank, group):
 
 
 def scenario_balanced_fails(victim, function):
-    """``function`` of sinklabel.distributed raises on rank ``victim`` in the balanced step."""
+    """``function`` of sinklabel._balanced_ranks raises on rank ``victim`` in the balanced step."""
 
     def run(rank, group):
         S, kw = local_problem("bal3", rank)
-        saved = getattr(sd, function)
+        saved = getattr(sbr, function)
         if rank == victim:
-            setattr(sd, function, lambda *a, **k: boom(None))
+            setattr(sbr, function, lambda *a, **k: boom(None))
         try:
             return sd.solve(S, balanced=True, group=group, **kw)
         finally:
-            setattr(sd, function, saved)
+            setattr(sbr, function, saved)
 
     return run
 
