@@ -106,7 +106,7 @@ def _bracket(sizes: np.ndarray, prices: np.ndarray, n: int, flexible: bool) -> f
     return float(np.sum((base + top - sizes) * prices))
 
 
-def _balance_head(
+def balance_head_over_ranks(
     ex: Exchange, S: Any, log_v: Any, lam: float, target: np.ndarray, flexible: bool,
     counts: np.ndarray,
 ) -> dict:  # fmt: skip
@@ -244,7 +244,7 @@ def balance_over_ranks(
             else np.rint(r_host * n_total).astype(np.int64),
             k,
         )  # the driver's rule
-        got = _balance_head(ex, S, h.log_v, res.lam, target, p is None, counts)
+        got = balance_head_over_ranks(ex, S, h.log_v, res.lam, target, p is None, counts)
         labels = _as_home(got["labels"], S)
         out_heads.append(
             dataclasses.replace(
