@@ -90,7 +90,7 @@ class BalancedLabels:
     seconds: float
 
 
-def resolve_balanced(balanced: Any, weights: Any, n_points: int, n_local: int, inplace: bool) -> bool:
+def resolve_balanced(balanced: Any, weights: Any, n_points: int, n_local: int) -> bool:
     """Whether :func:`sinklabel.solve` makes balanced labels (validated before heavy work).
 
     ``None`` means: whenever they are defined. ``True`` where they are not raises.
@@ -108,11 +108,6 @@ def resolve_balanced(balanced: Any, weights: Any, n_points: int, n_local: int, i
             "balanced=True needs every point's scores in one process; with a distributed "
             f"backend this rank holds {n_local} of {n_points} points (gather the scores or "
             "use balanced=False)"
-        )
-    elif inplace:
-        why = (
-            "`inplace=True` cannot be combined with `balanced=True`: the balanced step "
-            "reads the scores after the solve"
         )
     if balanced is None:
         return why is None
@@ -339,7 +334,7 @@ def balance(
             gap, scale = _gap(best, own, labels, minp, flexible)
             if gap <= STOP_RTOL * scale or eps <= eps_floor:
                 break
-            log.warning("balanced: the certificate found a gap the slack bound missed; rechecking all")
+            log.debug("balanced: the certificate found a gap the slack bound missed; rechecking all")
             cand = np.arange(n)
             slack = np.empty(n, dtype=np.float64)
             kern.slack(S, cand, labels, price[slot_of[:n]], minp, slack)

@@ -247,7 +247,7 @@ def solve(
         for t, (p, k) in enumerate(zip(priors, n_clusters))
     ]
     c_host = check_weights(weights, n_local, allsum=B.allsum)
-    balanced = resolve_balanced(balanced, weights, n_points, n_local, False)
+    balanced = resolve_balanced(balanced, weights, n_points, n_local)
     g0s = _warm_start(init, len(heads), lam, n_clusters)
     for t, S in enumerate(heads):
         where = f"scores[{t}]" if multi else "scores"
