@@ -3,6 +3,7 @@
     python benchmarks/balanced_report.py             # N=200,000 K=1,000 beside Sinkhorn, each CPU backend
     python benchmarks/balanced_report.py --emd       # POT ot.emd on growing N x 100, beside the step
     python benchmarks/balanced_report.py --imagenet  # N=1,281,167 K=3,000, one head (~17 GB free)
+    python benchmarks/balanced_report.py --imagenet --full  # warm start: the full problem, streamed
 
 Every figure is a median over ``--rounds`` rounds, measured in this one process on the
 same generated problem (float32 realistic scores, lam = 25); the Sinkhorn solve and the
@@ -201,7 +202,7 @@ def emd_reach(sizes: list[tuple[int, int]], timeout: float) -> None:
             break
 
 
-def imagenet(n: int, k: int, subsample: int, inplace: bool) -> None:
+def imagenet(n: int, k: int, subsample: int, full: bool) -> None:
     import psutil
 
     need = n * k * 4
@@ -216,13 +217,12 @@ def imagenet(n: int, k: int, subsample: int, inplace: bool) -> None:
     make_scores(n, k, seed=0, out=S)
     print(f"scores generated in {time.perf_counter() - t:.0f} s")
     # the warm start: a Sinkhorn solve on the first N / `subsample` points (independent
-    # draws, a fair sample), or with --inplace on the full problem, overwriting the
-    # scores with its kernel (the only way to fit it in 24 GB); the scores are then
-    # generated again for the balanced step, which needs them
+    # draws, a fair sample), or with --full on the full problem with the streamed kernel
+    # (no second N x K array: it fits beside the scores in 24 GB)
     t = time.perf_counter()
-    if inplace:
-        res = sinklabel.solve(S, LAM, balanced=False, inplace=True)
-        what = "the full problem, inplace=True"
+    if full:
+        res = sinklabel.solve(S, LAM, balanced=False, kernel="streamed")
+        what = "the full problem, kernel='streamed'"
     else:
         res = sinklabel.solve(S[: n // subsample], LAM, balanced=False)
         what = f"the first {n // subsample:,} points"
@@ -233,10 +233,6 @@ def imagenet(n: int, k: int, subsample: int, inplace: bool) -> None:
     )
     p0 = -np.asarray(res.log_v) / LAM
     del res
-    if inplace:
-        t = time.perf_counter()
-        make_scores(n, k, seed=0, out=S)
-        print(f"scores generated again in {time.perf_counter() - t:.0f} s")
     floor = one_pass_seconds(S, rounds=1)
     rss0 = psutil.Process().memory_info().rss
     with PeakRSS() as mem:
@@ -258,7 +254,7 @@ def imagenet(n: int, k: int, subsample: int, inplace: bool) -> None:
     print(f"load average after: {', '.join(f'{x:.1f}' for x in os.getloadavg())}\n")
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=200_000)
     ap.add_argument("--k", type=int, default=1_000)
@@ -271,15 +267,21 @@ def main() -> None:
     ap.add_argument("--emd-one", nargs=2, type=int, help=argparse.SUPPRESS)
     ap.add_argument("--imagenet", action="store_true", help="N=1,281,167 K=3,000 instead")
     ap.add_argument("--subsample", type=int, default=10, help="warm start from the first N / this (10)")
-    ap.add_argument("--inplace", action="store_true", help="warm start: solve the full problem in place")
-    args = ap.parse_args()
+    ap.add_argument(
+        "--full", action="store_true", help="warm start: solve the full problem (kernel='streamed')"
+    )
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if args.emd_one:
         emd_one(*args.emd_one)
     elif args.emd:
         sizes = [tuple(int(x) for x in s.split("x")) for s in args.emd_sizes.split(",")]
         emd_reach(sizes, args.emd_timeout)
     elif args.imagenet:
-        imagenet(1_281_167, 3_000, args.subsample, args.inplace)
+        imagenet(1_281_167, 3_000, args.subsample, args.full)
     else:
         cpu = [b for b in available_backends() if b in ("numba", "numpy", "torch")]
         backends = args.backends.split(",") if args.backends else cpu

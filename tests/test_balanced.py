@@ -259,3 +259,23 @@ def test_twenty_thousand_by_one_hundred_from_a_cold_start():
     out = balance(S, integer_sizes(20_003, None, 100), np.zeros(100), flexible=True)
     assert out.status == "optimal" and out.certified
     assert_optimal(S, out.labels, out.sizes)
+
+
+def test_balanced_report_script_parses_and_runs_its_full_warm_start(capsys):
+    # benchmarks/balanced_report.py --imagenet --full: the warm start solves the whole problem
+    # with the streamed kernel (the old --inplace flag raised TypeError); here at a tiny shape
+    import importlib.util
+    import pathlib
+
+    pytest.importorskip("psutil")
+    path = pathlib.Path(__file__).parents[1] / "benchmarks" / "balanced_report.py"
+    spec = importlib.util.spec_from_file_location("balanced_report", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    args = mod.parse_args(["--imagenet", "--full", "--subsample", "5"])
+    assert args.imagenet and args.full and args.subsample == 5
+    with pytest.raises(SystemExit):
+        mod.parse_args(["--inplace"])
+    mod.imagenet(3001, 30, 10, full=True)
+    out = capsys.readouterr().out
+    assert "the full problem, kernel='streamed'" in out and "certified True" in out
