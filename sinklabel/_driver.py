@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from ._arrays import array_library, device_of
+from ._arrays import array_library, hand_back, stack, to_host
 from ._balanced import balance_head, resolve_balanced, uncertified_message
 from ._iteration import iterate
 from ._result import ConvergenceWarning, HeadResult, Result
@@ -83,12 +83,7 @@ def _warm_start(init: Any, n_heads: int, lam: float, n_clusters: list[int]) -> l
     for t, (g, k) in enumerate(zip(init, n_clusters)):
         if isinstance(g, HeadResult):
             g = g.log_v
-        lib = array_library(g)
-        if lib == "torch":
-            g = g.detach().cpu().numpy()
-        elif lib == "cupy":
-            g = g.get()
-        g = np.asarray(g, dtype=np.float64)
+        g = np.asarray(to_host(g), dtype=np.float64)
         if g.shape != (k,):
             raise ValueError(
                 f"`init` for head {t} must have shape ({k},) (one potential per cluster); "
@@ -298,9 +293,9 @@ def solve(
         sizes = B.allsum(np.bincount(B.to_numpy(labels), minlength=S.shape[1]).astype(np.int64))
         out_heads.append(
             HeadResult(
-                labels=_hand_back(B, labels, home),
-                log_u=_hand_back(B, sol.log_u, home),
-                log_v=_hand_back(B, sol.log_v, home),
+                labels=hand_back(labels, home),
+                log_u=hand_back(sol.log_u, home),
+                log_v=hand_back(sol.log_v, home),
                 n_iter=sol.n_iter,
                 converged=sol.converged,
                 error=float(sol.error),
@@ -327,7 +322,7 @@ def solve(
             stacklevel=2,
         )
     if multi:
-        labels = _stack([h.labels for h in out_heads], library)
+        labels = stack([h.labels for h in out_heads])
     else:
         labels = out_heads[0].labels
     return Result(
@@ -359,7 +354,9 @@ def _streams(B: Backend, heads: list, kernel: str) -> bool:
     S = heads[0]
     need = S.shape[0] * S.shape[1] * max(4, np.dtype(B.compute_dtype(S)).itemsize)
     free = _available_memory()
-    return free is not None and need > free // 2
+    short = free is not None and need > free // 2
+    # every process of a shared solve streams if one of them must (they sweep together)
+    return bool(B.allsum(np.array([int(short)]))[0] > 0)
 
 
 def _available_memory() -> int | None:
@@ -384,34 +381,8 @@ def _is_int(p: Any) -> bool:
     return str(dtype).replace("torch.", "").startswith(("int", "uint"))
 
 
-def _hand_back(B: Backend, x: Any, home: Any) -> Any:
-    """A backend's array ``x`` in the library and on the device of the caller's ``home``."""
-    if B.owns(home) and device_of(x) == device_of(home):
-        return x
-    host = B.to_numpy(x)
-    library = array_library(home)
-    if library == "torch":
-        import torch
-
-        return torch.from_numpy(host).to(home.device)
-    if library == "cupy":
-        import cupy
-
-        with cupy.cuda.Device(home.device.id):
-            return cupy.asarray(host)
-    return host
-
-
-def _stack(arrays: list[Any], library: str) -> Any:
-    if library == "torch":
-        import torch
-
-        return torch.stack(arrays)
-    if library == "cupy":
-        import cupy
-
-        return cupy.stack(arrays)
-    return np.stack(arrays)
+def _stack(arrays: list[Any], library: str) -> Any:  # until _balanced_ranks uses _arrays.stack
+    return stack(arrays)
 
 
 def assign(scores: Any, lam: float = 25.0, **kwargs: Any) -> Any:

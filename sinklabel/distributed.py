@@ -106,6 +106,7 @@ def solve(
     balanced: bool = False,
     group: Any = None,
     acceleration: str | None = "anderson",
+    kernel: str = "auto",
 ) -> Result:
     """:func:`sinklabel.solve` for the points of all ranks of a process group.
 
@@ -183,7 +184,7 @@ def solve(
     world = _group_size(group)
     kwargs: dict[str, Any] = dict(
         tol=tol, max_iter=max_iter, prior=prior, weights=weights, init=init, device=device,
-        check_every=check_every, acceleration=acceleration,
+        check_every=check_every, acceleration=acceleration, kernel=kernel,
     )  # fmt: skip
     if world == 1:
         if balanced:
@@ -228,7 +229,8 @@ def solve(
         where = str(device).split(":")[0] if device is not None else device_of(heads[0]).split(":")[0]
         same = repr(
             (multi, n_clusters, [str(h.dtype).replace("torch.", "") for h in heads], lam, float(tol),
-             max_iter, check_every, weights is None, inner.name, where, bool(balanced))
+             max_iter, check_every, weights is None, inner.name, where, bool(balanced), kernel,
+             acceleration)
         ).encode()  # fmt: skip
         priors = prior if isinstance(prior, (list, tuple)) else [prior]
         for part in [same, *(_host_bytes(p) for p in priors), *(g.tobytes() for g in g0s)]:

@@ -54,6 +54,8 @@ from typing import Any
 
 import numpy as np
 
+from .._arrays import to_host
+
 __all__ = ["Backend", "Scan"]
 
 
@@ -93,12 +95,7 @@ class Backend:
                     f"backend {self.name!r} computes on the CPU; got device={device!r} "
                     "(use backend='torch' or 'cupy' for a GPU)"
                 )
-            if hasattr(S, "detach"):  # torch: half precisions have no numpy twin
-                S = S.detach()
-                return (S.float() if S.dtype.itemsize < 4 else S).cpu().numpy()
-            if hasattr(S, "get"):  # cupy
-                return S.get()
-            return S
+            return S if isinstance(S, np.ndarray) else to_host(S)  # torch halves widened
         raise TypeError(
             f"backend {self.name!r} takes {self.library} (or numpy) arrays; got "
             f"{type(S).__module__}.{type(S).__name__}; use backend='auto' or convert the scores"

@@ -5,8 +5,9 @@ ordinary driver with this backend, which calls the rank's own backend (``inner``
 shard and combines the *cluster* quantities (length K) over the group. Row quantities
 (length ``N_r``: ``u``, ``a``, labels) never leave their rank.
 
-- ``sweep``: ``acc`` summed over the ranks, with a count of non-finite ``u``: the one
-  exchange of a plain iteration, K + 3 floats;
+- ``sweep`` (and ``stream_sweep``, ``kernel="streamed"``): ``acc`` (the column masses)
+  summed over the ranks, with a count of non-finite ``u`` (``a``): the one exchange of a
+  plain iteration, K + 3 floats;
 - ``log_sweep``: column log-masses combined by log-sum-exp (a MAX, then a SUM of shifted
   exponentials): exact, never overflows;
 - ``scan``: the first bad entry (global row index) and the dead columns (one MIN);
@@ -339,10 +340,23 @@ class DistributedBackend(Backend):
         self._u, self._u_bad = u, total[-1]
         return u, self._back(total[:-1], like=v)
 
-    supports_stream = False  # kernel="auto" stores the kernel on each rank
+    @property
+    def supports_stream(self) -> bool:  # type: ignore[override]
+        return self.inner.supports_stream
 
     def stream_sweep(self, S: Any, lam: float, a: Any, g: Any, c: Any) -> tuple[Any, Any]:
-        raise NotImplementedError("kernel='streamed' is not supported by sinklabel.distributed")
+        self._seen(S)
+        n, k = S.shape
+
+        def dummy() -> tuple[Any, Any]:
+            return self.inner.full(n, 0.0, like=c), self.inner.full(k, 0.0, like=c)
+
+        a_next, mass = self._local(self.inner.stream_sweep, S, lam, a, g, c, dummy=dummy)
+        # as in sweep: the count of non-finite row potentials rides along with the masses
+        bad = self.ex.wire(~self.xp.isfinite(a_next).all()).reshape(1)
+        total = self.ex.reduce(torch.cat([self.ex.wire(mass), bad]), "sum", "sweep")
+        self._u, self._u_bad = a_next, total[-1]
+        return a_next, self._back(total[:-1], like=g)
 
     # -- decisions -----------------------------------------------------------------------
     def _is_cluster_vector(self, x: Any) -> bool:
@@ -363,7 +377,7 @@ class DistributedBackend(Backend):
         return np.nan if any_nan else best
 
     def all_finite(self, x: Any) -> bool:
-        if x is self._u:  # the last sweep's u: its finiteness was exchanged with acc
+        if x is self._u:  # the last sweep's u (a): its finiteness was exchanged with acc
             self.ex.check()
             return float(self._u_bad) == 0.0
         if self._is_cluster_vector(x) and not self.verify:
