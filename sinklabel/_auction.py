@@ -13,6 +13,13 @@ preserved because prices only rise): a point holding a slot of cluster ``k`` at 
 ``b`` has ``S[i, k] - b >= max_{l != k} (S[i, l] - minp[l]) - eps``; as ``minp[k] <= b``
 its reduced cost under the prices ``minp`` is at most ``eps``.
 
+Two layouts of the scores: *dense*, an ``N x K`` array (the single-process solve reads
+the caller's scores in place), and *sparse*, :class:`SparseRows`: each point's candidate
+clusters and their scores in CSR form, every absent pair ``-inf`` (rank 0 of a
+distributed solve holds only the pairs the ranks sent it). A layout is a handful of row
+primitives (``_scan_point``, ``_row_best``, ``_row_best_except``, ``_entry``,
+``_n_rows``); the auction and the passes are written once on top of them.
+
 Every kernel is written once, in the subset of Python that numba compiles. With numba
 they are compiled (the pass over the N x K scores runs in parallel); without it the
 same source runs as Python, with the row scan and the pass vectorised through numpy.
@@ -22,11 +29,11 @@ from __future__ import annotations
 
 import importlib.util
 import types
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["HAVE_NUMBA", "Kernels", "kernels"]
+__all__ = ["HAVE_NUMBA", "Kernels", "SparseRows", "kernels", "rows_block"]
 
 # numba is optional (numpy alone runs the same algorithm, more slowly) and imported only
 # when the kernels are first needed: importing sinklabel stays fast
@@ -67,6 +74,161 @@ def _scan_row_numpy(row: Any, minp: Any) -> tuple[int, float, float]:
 
 
 _scan_row = _scan_row_loop  # rebound per engine in Kernels
+
+
+class SparseRows(NamedTuple):
+    """Scores given on some (point, cluster) pairs only, every other pair ``-inf``.
+
+    Point ``i``'s pairs are ``cols[indptr[i] : indptr[i + 1]]`` (ascending) with scores
+    ``vals[...]`` (the dtype of the scores they came from). A named tuple, so numba
+    compiles the kernels for it as for an array.
+    """
+
+    indptr: np.ndarray  # int64, (n_points + 1,)
+    cols: np.ndarray  # int32, (n_pairs,)
+    vals: np.ndarray  # float32 or float64, (n_pairs,)
+    n_clusters: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.indptr.shape[0] - 1, self.n_clusters
+
+
+# -- row primitives of the dense layout (an N x K array) ------------------------------------
+
+
+def _n_rows_dense(S: Any) -> int:
+    return S.shape[0]
+
+
+def _scan_point_dense(S: Any, i: int, minp: Any) -> tuple[int, float, float]:
+    return _scan_row(S[i], minp)
+
+
+def _row_best_dense(S: Any, i: int, minp: Any) -> float:
+    """``max_k (S[i, k] - minp[k])``."""
+    best = -np.inf
+    for k in range(S.shape[1]):
+        val = S[i, k] - minp[k]
+        if val > best:
+            best = val
+    return best
+
+
+def _row_best_except_dense(S: Any, i: int, y: int, minp: Any) -> float:
+    """``max_{k != y} (S[i, k] - minp[k])``."""
+    best = -np.inf
+    for k in range(S.shape[1]):
+        if k != y:
+            val = S[i, k] - minp[k]
+            if val > best:
+                best = val
+    return best
+
+
+def _entry_dense(S: Any, i: int, k: int) -> float:
+    return S[i, k]
+
+
+# -- row primitives of the sparse layout (SparseRows) ---------------------------------------
+
+
+def _n_rows_sparse(S: Any) -> int:
+    return S.indptr.shape[0] - 1
+
+
+def _scan_point_sparse(S: Any, i: int, minp: Any) -> tuple[int, float, float]:
+    k1 = -1
+    best = -np.inf
+    second = -np.inf
+    for j in range(S.indptr[i], S.indptr[i + 1]):
+        k = S.cols[j]
+        val = S.vals[j] - minp[k]
+        if val > best:
+            second = best
+            best = val
+            k1 = k
+        elif val > second:
+            second = val
+    if best == -np.inf:
+        k1 = -1
+    return k1, best, second
+
+
+def _row_best_sparse(S: Any, i: int, minp: Any) -> float:
+    best = -np.inf
+    for j in range(S.indptr[i], S.indptr[i + 1]):
+        val = S.vals[j] - minp[S.cols[j]]
+        if val > best:
+            best = val
+    return best
+
+
+def _row_best_except_sparse(S: Any, i: int, y: int, minp: Any) -> float:
+    best = -np.inf
+    for j in range(S.indptr[i], S.indptr[i + 1]):
+        k = S.cols[j]
+        if k != y:
+            val = S.vals[j] - minp[k]
+            if val > best:
+                best = val
+    return best
+
+
+def _entry_sparse(S: Any, i: int, k: int) -> float:
+    for j in range(S.indptr[i], S.indptr[i + 1]):
+        if S.cols[j] == k:
+            return S.vals[j]
+    return -np.inf
+
+
+def _scan_point_sparse_numpy(S: Any, i: int, minp: Any) -> tuple[int, float, float]:
+    lo, hi = S.indptr[i], S.indptr[i + 1]
+    if hi == lo:
+        return -1, -np.inf, -np.inf
+    cols = S.cols[lo:hi]
+    j, best, second = _scan_row_numpy(S.vals[lo:hi], minp[cols])
+    return (int(cols[j]) if j >= 0 else -1), best, second
+
+
+_LAYOUTS = {
+    "dense": dict(
+        _n_rows=_n_rows_dense,
+        _scan_point=_scan_point_dense,
+        _row_best=_row_best_dense,
+        _row_best_except=_row_best_except_dense,
+        _entry=_entry_dense,
+    ),
+    "sparse": dict(
+        _n_rows=_n_rows_sparse,
+        _scan_point=_scan_point_sparse,
+        _row_best=_row_best_sparse,
+        _row_best_except=_row_best_except_sparse,
+        _entry=_entry_sparse,
+    ),
+}
+_n_rows, _scan_point, _row_best, _row_best_except, _entry = _LAYOUTS["dense"].values()  # rebound per layout
+
+
+def layout(S: Any) -> str:
+    """The layout of the scores: ``"sparse"`` for :class:`SparseRows`, else ``"dense"``."""
+    return "sparse" if isinstance(S, SparseRows) else "dense"
+
+
+def rows_block(S: Any, rows: Any) -> np.ndarray:
+    """Rows ``rows`` (indices or a slice) of either layout as a dense float64 block
+    (``-inf`` where a sparse row has no pair): the numpy passes work on such blocks."""
+    if not isinstance(S, SparseRows):
+        return S[rows].astype(np.float64)
+    if isinstance(rows, slice):
+        rows = np.arange(S.shape[0])[rows]
+    rows = np.asarray(rows, dtype=np.int64)
+    out = np.full((rows.size, S.n_clusters), -np.inf)
+    lo, count = S.indptr[rows], S.indptr[rows + 1] - S.indptr[rows]
+    at = np.repeat(np.arange(rows.size), count)
+    pos = np.arange(int(count.sum())) + np.repeat(lo - (np.cumsum(count) - count), count)
+    out[at, S.cols[pos]] = S.vals[pos]
+    return out
 
 
 def _sift_down(price: Any, holder: Any, slot_of: Any, lo: int, n: int, j: int) -> None:
@@ -147,7 +309,7 @@ def _auction(
         if p < n_real:
             # a point takes the cheapest slot of its best cluster; the bid leaves it
             # eps short of indifference with its best *other* cluster
-            k1, best, second = _scan_row(S[p], minp)
+            k1, best, second = _scan_point(S, p, minp)
             if k1 < 0 or best == -np.inf:
                 if head == 0:
                     head = qlen
@@ -221,8 +383,8 @@ def _release(
 
 def _top2_pass_loop(S: Any, minp: Any, k1_out: Any, v1_out: Any, v2_out: Any) -> None:
     """Per row: the best cluster under prices ``minp``, its value and the runner-up's."""
-    for i in prange(S.shape[0]):
-        k1, best, second = _scan_row(S[i], minp)
+    for i in prange(_n_rows(S)):
+        k1, best, second = _scan_point(S, i, minp)
         k1_out[i] = k1
         v1_out[i] = best
         v2_out[i] = second
@@ -230,14 +392,9 @@ def _top2_pass_loop(S: Any, minp: Any, k1_out: Any, v1_out: Any, v2_out: Any) ->
 
 def _best_pass_loop(S: Any, minp: Any, labels: Any, best_out: Any, own_out: Any) -> None:
     """Per row: ``max_k (S[i, k] - minp[k])`` and ``S[i, labels[i]]`` (the certificate)."""
-    for i in prange(S.shape[0]):
-        best = -np.inf
-        for k in range(S.shape[1]):
-            val = S[i, k] - minp[k]
-            if val > best:
-                best = val
-        best_out[i] = best
-        own_out[i] = S[i, labels[i]]
+    for i in prange(_n_rows(S)):
+        best_out[i] = _row_best(S, i, minp)
+        own_out[i] = _entry(S, i, labels[i])
 
 
 def _slack_loop(S: Any, rows: Any, labels: Any, paid: Any, minp: Any, out: Any) -> None:
@@ -246,13 +403,7 @@ def _slack_loop(S: Any, rows: Any, labels: Any, paid: Any, minp: Any, out: Any) 
     for t in prange(rows.shape[0]):
         i = rows[t]
         y = labels[t]
-        best = -np.inf
-        for k in range(S.shape[1]):
-            if k != y:
-                val = S[i, k] - minp[k]
-                if val > best:
-                    best = val
-        out[t] = best - (S[i, y] - paid[t])
+        out[t] = _row_best_except(S, i, y, minp) - (_entry(S, i, y) - paid[t])
 
 
 _BLOCK = 1 << 21  # elements of float64 temporaries per block in the numpy passes
@@ -262,7 +413,7 @@ def _top2_pass_numpy(S: Any, minp: Any, k1_out: Any, v1_out: Any, v2_out: Any) -
     n, k = S.shape
     step = max(1, _BLOCK // max(k, 1))
     for lo in range(0, n, step):
-        X = S[lo : lo + step].astype(np.float64) - minp
+        X = rows_block(S, slice(lo, lo + step)) - minp
         rows = np.arange(X.shape[0])
         k1 = X.argmax(axis=1)
         v1 = X[rows, k1]
@@ -276,9 +427,10 @@ def _best_pass_numpy(S: Any, minp: Any, labels: Any, best_out: Any, own_out: Any
     n, k = S.shape
     step = max(1, _BLOCK // max(k, 1))
     for lo in range(0, n, step):
-        X = S[lo : lo + step].astype(np.float64) - minp
+        X = rows_block(S, slice(lo, lo + step))
+        own_out[lo : lo + step] = X[np.arange(X.shape[0]), labels[lo : lo + step]]
+        X -= minp
         best_out[lo : lo + step] = X.max(axis=1)
-        own_out[lo : lo + step] = S[np.arange(lo, lo + X.shape[0]), labels[lo : lo + step]]
 
 
 def _slack_numpy(S: Any, rows: Any, labels: Any, paid: Any, minp: Any, out: Any) -> None:
@@ -286,7 +438,7 @@ def _slack_numpy(S: Any, rows: Any, labels: Any, paid: Any, minp: Any, out: Any)
     step = max(1, _BLOCK // max(k, 1))
     for lo in range(0, rows.shape[0], step):
         r, y = rows[lo : lo + step], labels[lo : lo + step]
-        X = S[r].astype(np.float64) - minp
+        X = rows_block(S, r) - minp
         at = np.arange(r.shape[0])
         own = X[at, y] + minp[y]
         X[at, y] = -np.inf
@@ -294,10 +446,12 @@ def _slack_numpy(S: Any, rows: Any, labels: Any, paid: Any, minp: Any, out: Any)
 
 
 class Kernels:
-    """One binding of the kernels (same names, same arguments, for every engine)."""
+    """One binding of the kernels for one engine and one layout of the scores (same
+    names, same arguments, for every binding)."""
 
-    def __init__(self, engine: str) -> None:
+    def __init__(self, engine: str, layout: str = "dense") -> None:
         self.engine = engine
+        self.layout = layout
         if engine == "numba":
             import numba
 
@@ -310,6 +464,7 @@ class Kernels:
                 ("_swap", _swap),
                 ("_sift_down", _sift_down),
                 ("_sift_up", _sift_up),
+                *_LAYOUTS[layout].items(),
             ):
                 env[name] = jit(_rebind(fn, env))
             self.auction = jit(_rebind(_auction, env))
@@ -324,6 +479,10 @@ class Kernels:
                 setattr(self, name, _by_size(serial, parallel, all_rows))
         else:
             env = dict(globals(), _scan_row=_scan_row_numpy)
+            for name, fn in _LAYOUTS[layout].items():
+                env[name] = _rebind(fn, env)
+            if layout == "sparse":  # the row scan vectorised, as _scan_row_numpy does densely
+                env["_scan_point"] = _scan_point_sparse_numpy
             self.auction = _rebind(_auction, env)
             self.release = _rebind(_release, env)
             self.top2_pass = _top2_pass_numpy
@@ -333,10 +492,12 @@ class Kernels:
 
 def _by_size(serial: Any, parallel: Any, all_rows: bool) -> Any:
     """Call ``parallel`` when the rows to scan (all of S, or the second argument's
-    length) hold at least PARALLEL_MIN entries."""
+    length) hold at least PARALLEL_MIN entries (pairs, in the sparse layout)."""
 
     def run(S: Any, second: Any, *args: Any) -> None:
-        work = (S.shape[0] if all_rows else second.shape[0]) * S.shape[1]
+        n, k = S.shape
+        per_row = S.cols.shape[0] / max(n, 1) if isinstance(S, SparseRows) else k
+        work = (n if all_rows else second.shape[0]) * per_row
         (parallel if work >= PARALLEL_MIN else serial)(S, second, *args)
 
     return run
@@ -353,15 +514,17 @@ def _rebind(fn: Any, env: dict) -> Any:
     return out
 
 
-_cache: dict[str, Kernels] = {}
+_cache: dict[tuple[str, str], Kernels] = {}
 
 
-def kernels(engine: str | None = None) -> Kernels:
-    """The kernels for ``engine`` ("numba" or "numpy"; default: numba when installed)."""
+def kernels(engine: str | None = None, S: Any = None) -> Kernels:
+    """The kernels for ``engine`` ("numba" or "numpy"; default: numba when installed)
+    and the layout of the scores ``S`` (dense unless ``S`` is :class:`SparseRows`)."""
     if engine is None:
         engine = "numba" if HAVE_NUMBA else "numpy"
     if engine == "numba" and not HAVE_NUMBA:
         raise ImportError("the numba engine needs numba: pip install 'sinklabel[numba]'")
-    if engine not in _cache:
-        _cache[engine] = Kernels(engine)
-    return _cache[engine]
+    key = (engine, layout(S))
+    if key not in _cache:
+        _cache[key] = Kernels(*key)
+    return _cache[key]

@@ -22,8 +22,15 @@ duality gap, and sends back to bidding only the points whose reduced cost exceed
 next, smaller epsilon. Memory: the scores are read, never copied; the state is a few
 vectors of length N.
 
+The certificate is a sum over points: :func:`certificate_terms` gives the additive terms
+of one set of rows (all points, or one rank's shard), :func:`certificate` turns their sum
+(over shards) into the gap. The single-process solve and the distributed one
+(:mod:`sinklabel._balanced_ranks`, which only adds the terms up over the ranks) share them.
+
 Notation: ``S`` (N x K) scores, ``p`` (K) cluster prices; a point's value for cluster k
-is ``S[i, k] - p_k``; ``eps`` the slack of epsilon-complementary slackness.
+is ``S[i, k] - p_k``; ``eps`` the slack of epsilon-complementary slackness. ``S`` may also
+be :class:`sinklabel._auction.SparseRows` (some pairs only, the others ``-inf``): rank 0
+of a distributed solve runs :func:`balance` on the pairs the ranks sent it.
 """
 
 from __future__ import annotations
@@ -31,13 +38,22 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._auction import BUDGET, DONE, STRANDED, kernels
+from ._auction import BUDGET, DONE, STRANDED, SparseRows, kernels, rows_block
 
-__all__ = ["BalancedLabels", "balance", "balance_head", "resolve_balanced", "uncertified_message"]
+__all__ = [
+    "BalancedLabels",
+    "Certificate",
+    "balance",
+    "balance_head",
+    "certificate",
+    "certificate_terms",
+    "resolve_balanced",
+    "uncertified_message",
+]
 
 log = logging.getLogger("sinklabel")
 
@@ -116,6 +132,94 @@ def resolve_balanced(balanced: Any, weights: Any, n_points: int, n_local: int) -
     return bool(balanced)
 
 
+# -- the certificate, as sums over points --------------------------------------------------
+
+#: the additive terms of :func:`certificate_terms`, in order; the K cluster counts follow
+TERMS = ("reduced_cost", "magnitude", "nonfinite", "violations", "own")
+
+
+class Certificate(NamedTuple):
+    """What the summed terms say about labels and prices (see :func:`certificate`)."""
+
+    gap: float  # D(p) minus the labels' total score, per point (>= 0; inf on a -inf pair)
+    certified: bool  # gap <= CERT_RTOL * scale
+    scale: float  # mean magnitude of the numbers in a reduced cost
+    sizes: np.ndarray  # int64 (K,): the labels' cluster sizes
+    objective: float  # minus the mean score of the labels (inf on a -inf pair)
+
+
+def certificate_terms(
+    S: Any, labels: np.ndarray, prices: np.ndarray, engine: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The certificate's additive terms over the rows of ``S`` (one pass over them).
+
+    With ``r_i = max_k (S[i, k] - p_k) - S[i, y_i] + p_{y_i}`` (point i's reduced cost,
+    >= 0 up to rounding) and ``m_i = max(|S[i, y_i]|, |p_{y_i}|)``, returns
+
+    - ``terms``, float64 of length ``len(TERMS) + K``: the sum of the finite ``r_i``,
+      the sum of their ``m_i``, the number of points whose ``r_i`` or score is not
+      finite, the number of *violations* (below), the sum of the finite scores
+      ``S[i, y_i]``, then the count of labels per cluster;
+    - ``violators``: the rows whose ``r_i`` exceeds rounding (``r_i > 1e-12 m_i``, or
+      NaN): the points that are short of their best cluster under ``prices``.
+
+    Terms of disjoint sets of rows add up: :func:`certificate` of the sum certifies
+    their union.
+    """
+    n, k = labels.shape[0], prices.shape[0]
+    best = np.empty(n)
+    own = np.empty(n)
+    kernels(engine, S).best_pass(S, prices, labels, best, own)
+    paid = prices[labels]
+    with np.errstate(invalid="ignore"):
+        best -= own
+        best += paid  # the reduced costs
+    np.maximum(np.abs(own), np.abs(paid), out=paid)  # the magnitudes
+    fine = np.isfinite(best) & np.isfinite(own)
+    violators = np.flatnonzero(~(best <= 1e-12 * paid))
+    terms = np.zeros(len(TERMS) + k)
+    terms[0] = best[fine].sum()
+    terms[1] = paid[fine].sum()
+    terms[2] = n - np.count_nonzero(fine)
+    terms[3] = violators.size
+    terms[4] = own[fine].sum()
+    terms[len(TERMS) :] = np.bincount(labels, minlength=k)
+    return terms, violators
+
+
+def certificate(terms: np.ndarray, prices: np.ndarray, target: np.ndarray, flexible: bool) -> Certificate:
+    """The duality gap of labels under ``prices``, from the sum of their
+    :func:`certificate_terms` (over all points; the shards' terms added up).
+
+    ``D(p) - sum_i S[i, y_i] = sum_i r_i + sum_k (t_k - n_k) p_k`` with ``n_k`` the
+    labels' sizes and ``t_k`` the sizes in the dual: ``target`` for fixed sizes; for
+    ``flexible`` ones (N // K or N // K + 1) the dual's, ``N // K`` plus one for the
+    ``N % K`` dearest clusters.
+    """
+    n_terms = len(TERMS)
+    sizes = np.rint(terms[n_terms:]).astype(np.int64)
+    n = int(sizes.sum())
+    if terms[2] > 0 or n == 0:
+        return Certificate(np.inf, False, 1.0, sizes, np.inf)
+    total = float(terms[0]) + _size_term(sizes, prices, target, flexible)
+    gap, scale = max(total, 0.0) / n, max(float(terms[1]) / n, 1e-300)
+    return Certificate(gap, bool(gap <= CERT_RTOL * scale), scale, sizes, -float(terms[4]) / n)
+
+
+def _size_term(sizes: np.ndarray, prices: np.ndarray, target: np.ndarray, flexible: bool) -> float:
+    """``sum_k (t_k - sizes_k) p_k`` (see :func:`certificate`; 0 where ``t_k = sizes_k``)."""
+    k = prices.shape[0]
+    base, extra = divmod(int(sizes.sum()), k)
+    if flexible and extra:
+        t = np.full(k, base, dtype=np.int64)
+        t[np.argsort(-prices, kind="stable")[:extra]] += 1
+    else:
+        t = np.asarray(target, dtype=np.int64)
+    diff = t - sizes
+    used = diff != 0
+    return float(np.sum(diff[used] * prices[used]))
+
+
 def balance_head(
     B: Any, original: Any, S: Any, log_v: Any, lam: float, sizes: np.ndarray, *, flexible: bool
 ) -> BalancedLabels:
@@ -190,7 +294,7 @@ def balance(
         Default: numba when it is installed.
     """
     t0 = time.perf_counter()
-    kern = kernels(engine)
+    kern = kernels(engine, S)
     n, k = S.shape
     sizes = np.asarray(sizes, dtype=np.int64)
     base, extra = divmod(n, k)
@@ -270,7 +374,7 @@ def balance(
     ok = k1 >= 0
     scale = _scale(v1[ok] + minp[k1[ok]], minp[k1[ok]])
     touched = np.zeros(n + n_dummy, dtype=np.bool_)
-    best, own = v1, v2  # buffers for the certificate pass
+    del v1, v2
     bids_total = 0
     phases = 0
     status = "optimal"
@@ -318,7 +422,8 @@ def balance(
         kern.slack(S, cand, labels[cand], price[slot_of[cand]], minp, slack)
         # the gap is at most the sum of the positive slacks (plus, for flexible sizes,
         # the price of putting the extra points in other than the dearest clusters)
-        bound = (float(np.sum(np.maximum(slack, 0.0))) + _bracket(labels, minp, flexible)) / n
+        counts = np.bincount(labels, minlength=k)
+        bound = (float(np.sum(np.maximum(slack, 0.0))) + _size_term(counts, minp, sizes, flexible)) / n
         log.debug(
             "balanced: phase %d, eps %.3g, %d bids, %d points to check, gap/point <= %.3g",
             phases,
@@ -329,9 +434,9 @@ def balance(
         )
         if bound <= STOP_RTOL * scale or eps <= eps_floor:
             # the certificate: every reduced cost, in one pass over the scores
-            kern.best_pass(S, minp, labels, best, own)
+            cert = certificate(certificate_terms(S, labels, minp, kern.engine)[0], minp, sizes, flexible)
             n_passes += 1
-            gap, scale = _gap(best, own, labels, minp, flexible)
+            gap, scale = cert.gap, cert.scale
             if gap <= STOP_RTOL * scale or eps <= eps_floor:
                 break
             log.debug("balanced: the certificate found a gap the slack bound missed; rechecking all")
@@ -351,9 +456,9 @@ def balance(
         head, tail = 0, out.size
     if status != "optimal":
         labels = _complete(S, slot_of, slot_cluster, minp, room, flexible)
-        kern.best_pass(S, minp, labels, best, own)
+        cert = certificate(certificate_terms(S, labels, minp, kern.engine)[0], minp, sizes, flexible)
         n_passes += 1
-        gap, scale = _gap(best, own, labels, minp, flexible)
+        gap, scale = cert.gap, cert.scale
     sizes_out = np.bincount(labels, minlength=k).astype(np.int64)
     return BalancedLabels(
         labels=labels,
@@ -379,7 +484,7 @@ def _restless_dummies(price, slot_of, dummy_in, minp, n, n_dummy, eps) -> np.nda
 
 def _score_span(S: np.ndarray) -> tuple[float, float]:
     """Spread (max - min) and magnitude (max |.|) of the finite scores of a sample of rows."""
-    rows = S[:: max(1, S.shape[0] // 2048)].astype(np.float64)
+    rows = rows_block(S, slice(None, None, max(1, S.shape[0] // 2048)))
     fin = rows[np.isfinite(rows)]
     if not fin.size:
         return 1.0, 1.0
@@ -391,33 +496,6 @@ def _scale(own: np.ndarray, paid: np.ndarray) -> float:
     if not own.size:
         return 1.0
     return max(float(np.mean(np.maximum(np.abs(own), np.abs(paid)))), 1e-300)
-
-
-def _bracket(labels: np.ndarray, minp: np.ndarray, flexible: bool) -> float:
-    """For flexible sizes: ``D(p)`` minus the single-price reduced costs minus the
-    primal, ``base * sum(p) + (the N % K largest p) - sum_i p_{y_i}`` (>= 0)."""
-    if not flexible:
-        return 0.0
-    n, k = labels.shape[0], minp.shape[0]
-    base, extra = divmod(n, k)
-    sizes = np.bincount(labels, minlength=k)
-    top = np.zeros(k, dtype=np.int64)
-    top[np.argsort(-minp, kind="stable")[:extra]] = 1
-    return float(np.sum((base + top - sizes) * minp))
-
-
-def _gap(best, own, labels, minp, flexible) -> tuple[float, float]:
-    """Duality gap per point of ``labels`` under the prices ``minp``, and its scale.
-
-    ``best[i] = max_k (S[i, k] - minp[k])``, ``own[i] = S[i, labels[i]]``.
-    """
-    n = own.shape[0]
-    p_lab = minp[labels]
-    if not np.isfinite(own).all():
-        return np.inf, 1.0
-    total = float(np.sum(best - own + p_lab))  # each point's reduced cost, >= 0
-    total += _bracket(labels, minp, flexible)
-    return max(total, 0.0) / n, _scale(own, p_lab)
 
 
 def _complete(S, slot_of, slot_cluster, minp, room, flexible) -> np.ndarray:
@@ -443,7 +521,7 @@ def _complete(S, slot_of, slot_cluster, minp, room, flexible) -> np.ndarray:
         target = room
     for c in np.flatnonzero(counts > target):
         members = np.flatnonzero(labels == c)
-        vals = S[members, c].astype(np.float64)
+        vals = rows_block(S, members)[:, c] if isinstance(S, SparseRows) else S[members, c]
         labels[members[np.argsort(vals, kind="stable")[: counts[c] - target[c]]]] = -1
     room_left = target - np.bincount(labels[labels >= 0], minlength=k)
     waiting = np.flatnonzero(labels < 0)
@@ -453,7 +531,7 @@ def _complete(S, slot_of, slot_cluster, minp, room, flexible) -> np.ndarray:
         choice = np.empty(waiting.size, dtype=np.int64)
         val = np.empty(waiting.size, dtype=np.float64)
         for lo in range(0, waiting.size, step):
-            X = S[waiting[lo : lo + step]].astype(np.float64) - price
+            X = rows_block(S, waiting[lo : lo + step]) - price
             X = np.where(np.isneginf(X), -1e300, X)
             X[:, room_left <= 0] = -np.inf
             choice[lo : lo + step] = X.argmax(axis=1)

@@ -279,3 +279,87 @@ def test_balanced_report_script_parses_and_runs_its_full_warm_start(capsys):
     mod.imagenet(3001, 30, 10, full=True)
     out = capsys.readouterr().out
     assert "the full problem, kernel='streamed'" in out and "certified True" in out
+
+
+def sparse_of(D):
+    """SparseRows of the finite entries of a dense matrix (every other pair -inf)."""
+    from sinklabel._auction import SparseRows
+
+    rows, cols = np.nonzero(np.isfinite(D))
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=D.shape[0]))])
+    return SparseRows(indptr.astype(np.int64), cols.astype(np.int32), D[rows, cols], D.shape[1])
+
+
+@pytest.mark.parametrize("engine", ["numba", "numpy"] if HAVE_NUMBA else ["numpy"])
+@pytest.mark.parametrize("n,k,prior_kind", [(1503, 30, None), (1200, 12, "int"), (900, 9, "dirichlet")])
+def test_sparse_rows_give_the_dense_answer(engine, n, k, prior_kind):
+    """The auction on SparseRows (rank 0 of a distributed solve) is the auction on the dense
+    matrix with -inf on the absent pairs: same labels, prices, gap; the LP optimum."""
+    from sinklabel._auction import rows_block
+
+    S = make_scores(n, k, kind="neginf", seed=n)
+    prior = make_prior(prior_kind, n, k, seed=3)
+    p0 = sinkhorn_prices(S, prior=prior)
+    # a restricted problem: each point's 3 best clusters under p0 and a random third of the rest
+    keep = np.random.default_rng(1).random((n, k)) < 0.33
+    keep[np.arange(n)[:, None], np.argsort(p0 - S, axis=1)[:, :3]] = True
+    D = np.where(keep, S, -np.inf).astype(np.float32)
+    sp = sparse_of(D)
+    np.testing.assert_array_equal(rows_block(sp, np.array([5, 0, n - 1])), D[[5, 0, n - 1]])
+    np.testing.assert_array_equal(rows_block(sp, slice(3, 30, 4)), D[3:30:4])
+    sizes = integer_sizes(n, prior, k)
+    a = balance(D, sizes, p0, flexible=prior is None, engine=engine)
+    b = balance(sp, sizes, p0, flexible=prior is None, engine=engine)
+    assert a.status == b.status == "optimal" and a.certified and b.certified
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_array_equal(a.prices, b.prices)
+    assert a.gap == b.gap
+    assert_optimal(D, b.labels, b.sizes, prior)
+
+
+def test_sparse_fallback_is_exactly_balanced():
+    S = make_scores(800, 8, kind="collapsed", seed=4)
+    D = np.where(np.random.default_rng(2).random(S.shape) < 0.5, S, -np.inf)
+    D[np.arange(800), S.argmax(axis=1)] = S.max(axis=1)  # every point keeps one pair
+    sizes = integer_sizes(800, None, 8)
+    a = balance(D, sizes, np.zeros(8), max_bids=40)
+    b = balance(sparse_of(D), sizes, np.zeros(8), max_bids=40)
+    assert a.status == b.status == "budget"
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_array_equal(b.sizes, sizes)
+
+
+@pytest.mark.parametrize("prior_kind", [None, "int"])
+def test_certificate_terms_add_up_over_shards(prior_kind):
+    """The certificate of the summed terms of disjoint shards is that of all points, and
+    its gap is D(p) minus the labels' total score, written out densely."""
+    from sinklabel._balanced import certificate, certificate_terms
+
+    n, k = 1003, 10
+    S = make_scores(n, k, kind="neginf", seed=12)
+    prior = make_prior(prior_kind, n, k, seed=2)
+    sizes = integer_sizes(n, prior, k)
+    flexible = prior is None
+    out = balance(S, sizes, sinkhorn_prices(S, prior=prior), flexible=flexible)
+    prices = out.prices + np.random.default_rng(0).normal(0, 1e-3, k)  # off-optimal: a real gap
+    whole, viol = certificate_terms(S, out.labels, prices)
+    cuts = [0, 1, 400, 401, 800, n]
+    parts = [certificate_terms(S[a:b], out.labels[a:b], prices) for a, b in zip(cuts, cuts[1:])]
+    summed = np.sum([t for t, _ in parts], axis=0)
+    np.testing.assert_allclose(summed, whole, rtol=1e-12)
+    np.testing.assert_array_equal(np.concatenate([v + a for (_, v), a in zip(parts, cuts)]), viol)
+    cert = certificate(summed, prices, sizes, flexible)
+    D = dual_bound(S, prices, sizes, flexible)
+    primal = S[np.arange(n), out.labels].astype(np.float64).sum()
+    assert cert.gap == pytest.approx((D - primal) / n, rel=1e-9) and cert.gap > 1e-6
+    assert not cert.certified and viol.size > 0
+    np.testing.assert_array_equal(cert.sizes, out.sizes)
+    assert cert.objective == pytest.approx(-primal / n, rel=1e-12)
+    at_opt = certificate(certificate_terms(S, out.labels, out.prices)[0], out.prices, sizes, flexible)
+    assert at_opt.certified and at_opt.gap == out.gap
+    # a label on a -inf pair: no finite bound
+    bad = out.labels.copy()
+    i = np.flatnonzero(np.isneginf(S).any(axis=1))[0]
+    bad[i] = np.flatnonzero(np.isneginf(S[i]))[0]
+    worst = certificate(certificate_terms(S, bad, out.prices)[0], out.prices, sizes, flexible)
+    assert worst.gap == np.inf and not worst.certified and worst.objective == np.inf
