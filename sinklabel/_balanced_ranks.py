@@ -1,5 +1,25 @@
 """Exactly balanced labels over the ranks of a process group (``balanced=True`` in
-:func:`sinklabel.distributed.solve`): the gather / auction / certificate protocol."""
+:func:`sinklabel.distributed.solve`): the gather / auction / certificate protocol.
+
+Per head, in rounds (every rank takes part in every exchange, in the same order):
+
+1. each rank sends rank 0 some of its points: the first round all of them, each with its
+   ``m`` best clusters under the current prices (the Sinkhorn column potentials at
+   first) and their scores, or its whole row when that is no longer;
+2. rank 0 adds those pairs to the ones it holds (:class:`_Gathered`, CSR: O(pairs sent),
+   never N x K) and solves the balanced problem restricted to them with the auction
+   (:func:`sinklabel._balanced.balance` on :class:`~sinklabel._auction.SparseRows`,
+   warm-started from the prices), then sends every rank its labels and the prices;
+3. every rank computes the certificate's terms over *all* K clusters of its own points
+   (:func:`sinklabel._balanced.certificate_terms`) and the terms are summed over the
+   ranks: :func:`sinklabel._balanced.certificate` of the sum is the duality gap of the
+   concatenated problem. Certified, or every row already on rank 0: done. Otherwise
+   the points whose reduced costs fail are sent again with twice as many clusters.
+
+The labels returned are optimal for the concatenated problem when certified: the
+restricted problem's labels and prices are feasible for the full one, and the gap is
+computed on the full one.
+"""
 
 from __future__ import annotations
 
@@ -8,38 +28,30 @@ import warnings
 from typing import Any
 
 import numpy as np
-import torch
 
 from . import _driver
-from ._arrays import array_library
-from ._balanced import CERT_RTOL, balance, uncertified_message
+from ._arrays import hand_back, stack, to_host
+from ._auction import SparseRows
+from ._balanced import TERMS as _TERMS
+from ._balanced import balance, certificate, certificate_terms, uncertified_message
 from ._result import ConvergenceWarning, Result
 from ._sizes import integer_sizes
 from ._validate import check_prior
 from .backends._distributed import Exchange
-
-# -- balanced=True over ranks -----------------------------------------------------------------
 
 #: candidate clusters per point (its best under the Sinkhorn prices) sent to rank 0 in the
 #: first round of the balanced step; doubled for the points sent again in each later round
 _CANDIDATES = 4
 #: rounds of the balanced step before the labels are returned uncertified
 _MAX_ROUNDS = 16
+_VIOLATIONS = _TERMS.index("violations")
 _BLOCK = 1 << 20  # float64 elements per block of temporaries in the passes over a shard
 
 
 def _host_scores(S: Any) -> np.ndarray:
     """This rank's scores of one head on the host, as the balanced step reads them
-    (numpy in place, a CPU tensor as a shared view, a GPU array as one copy; float16
-    and bfloat16 widened to float32, as :mod:`sinklabel._balanced` does)."""
-    if isinstance(S, torch.Tensor):
-        S = S.detach()
-        if S.dtype not in (torch.float32, torch.float64):
-            S = S.to(torch.float32)
-        return S.cpu().numpy()
-    if array_library(S) == "cupy":
-        S = S.get()
-    host = np.asarray(S)
+    (float32 or float64; see :func:`sinklabel._arrays.to_host`)."""
+    host = to_host(S)
     return host if host.dtype in (np.float32, np.float64) else host.astype(np.float32)
 
 
@@ -70,47 +82,69 @@ def _candidates(S: np.ndarray, rows: np.ndarray, prices: np.ndarray, m: int) -> 
     return out
 
 
-def _fill(S_root: np.ndarray, part: np.ndarray, offset: int, m: int) -> None:
-    """Write what one rank sent (see :func:`_candidates`) into rank 0's score matrix."""
-    k = S_root.shape[1]
-    part = part.reshape(-1, _width(m, k))
-    rows = part[:, 0].astype(np.int64) + offset
-    if part.shape[1] == 1 + k:
-        S_root[rows] = part[:, 1:]
-    else:
-        S_root[rows[:, None], part[:, 1 : 1 + m].astype(np.int64)] = part[:, 1 + m :]
+class _Gathered:
+    """Rank 0's candidate pairs of all ``n`` points, CSR by global point index (columns
+    ascending in each row, ``-inf`` pairs left out): memory O(pairs received)."""
 
+    def __init__(self, n: int, k: int, dtype: Any) -> None:
+        self.n, self.k, self.dtype = n, k, dtype
+        self.indptr = np.zeros(n + 1, dtype=np.int64)
+        self.cols = np.empty(0, dtype=np.int32)
+        self.vals = np.empty(0, dtype=dtype)
 
-def _reduced_costs(S: np.ndarray, labels: np.ndarray, prices: np.ndarray) -> tuple:
-    """Per point of this shard: ``max_k (S[i, k] - p_k)`` and ``S[i, y_i]`` (float64)."""
-    n, k = S.shape
-    best = np.empty(n)
-    own = np.empty(n)
-    step = max(1, _BLOCK // k)
-    for lo in range(0, n, step):
-        with np.errstate(invalid="ignore"):
-            best[lo : lo + step] = (S[lo : lo + step].astype(np.float64) - prices).max(axis=1)
-        own[lo : lo + step] = S[np.arange(lo, min(lo + step, n)), labels[lo : lo + step]]
-    return best, own
+    def add(self, part: np.ndarray, offset: int, m: int) -> None:
+        """Merge what one rank sent (see :func:`_candidates`) into the pairs held."""
+        part = part.reshape(-1, _width(m, self.k))
+        if not part.shape[0]:
+            return
+        rows = part[:, 0].astype(np.int64) + offset
+        if part.shape[1] == 1 + self.k:  # whole rows
+            cols = np.broadcast_to(np.arange(self.k, dtype=np.int64), (rows.size, self.k))
+            vals = part[:, 1:]
+        else:
+            cols, vals = part[:, 1 : 1 + m].astype(np.int64), part[:, 1 + m :]
+        keep = vals > -np.inf
+        rows = np.broadcast_to(rows[:, None], keep.shape)[keep]
+        key = np.concatenate([self._keys(), rows * self.k + cols[keep]])
+        vals = np.concatenate([self.vals, vals[keep].astype(self.dtype)])
+        del rows, cols, keep, part
+        order = np.argsort(key, kind="stable")
+        key, vals = key[order], vals[order]
+        del order
+        first = np.ones(key.size, dtype=bool)
+        first[1:] = key[1:] != key[:-1]  # a pair sent twice is kept once (same score)
+        key, self.vals = key[first], vals[first]
+        del vals, first
+        row, self.cols = np.divmod(key, self.k)
+        self.cols = self.cols.astype(np.int32)
+        self.indptr[1:] = np.cumsum(np.bincount(row, minlength=self.n))
 
+    def _keys(self) -> np.ndarray:
+        """``row * K + col`` of the pairs held (int64, ascending)."""
+        row = np.repeat(np.arange(self.n, dtype=np.int64), np.diff(self.indptr))
+        return row * self.k + self.cols
 
-def _bracket(sizes: np.ndarray, prices: np.ndarray, n: int, flexible: bool) -> float:
-    """The dual's extra term for flexible sizes (as in :mod:`sinklabel._balanced`):
-    ``sum_k (N // K + [k among the N % K dearest] - sizes_k) p_k`` (0 otherwise)."""
-    k = prices.shape[0]
-    base, extra = divmod(n, k)
-    if not (flexible and extra):
-        return 0.0
-    top = np.zeros(k, dtype=np.int64)
-    top[np.argsort(-prices, kind="stable")[:extra]] = 1
-    return float(np.sum((base + top - sizes) * prices))
+    def rows(self) -> SparseRows:
+        return SparseRows(self.indptr, self.cols, self.vals, self.k)
+
+    @property
+    def nbytes(self) -> int:
+        return self.indptr.nbytes + self.cols.nbytes + self.vals.nbytes
 
 
 def balance_head_over_ranks(
     ex: Exchange, S: Any, log_v: Any, lam: float, target: np.ndarray, flexible: bool,
     counts: np.ndarray,
 ) -> dict:  # fmt: skip
-    """Exactly balanced labels of one head over the ranks; see :func:`solve`.
+    """Exactly balanced labels of one head over the ranks (see the module docstring).
+
+    ``S``: this rank's scores (``counts[rank]`` x K); ``log_v``: the head's column
+    potentials (equal on every rank); ``target``: the global sizes (for ``flexible``
+    ones, N // K or N // K + 1, only N and K matter); ``counts``: every rank's number of
+    points, in rank order. Returns, on every rank, this rank's ``labels`` and the global
+    ``sizes``, ``gap``, ``certified``, ``objective``; ``rounds``, ``points_gathered``,
+    ``scores_gathered`` (pairs received by rank 0), ``status`` (of rank 0's last auction;
+    None elsewhere) and ``root_pairs_bytes`` (rank 0's candidate store at its largest).
 
     Every rank leaves each exchange together: a rank whose local step raised sends
     dummies of the agreed size and its failure flag, and every rank raises at the
@@ -125,17 +159,17 @@ def balance_head_over_ranks(
         S_host = _host_scores(S)
     except Exception as exc:
         ex.fail(exc)
-    lv = log_v.detach().cpu().numpy() if isinstance(log_v, torch.Tensor) else np.asarray(log_v)
+    lv = to_host(log_v)
     with np.errstate(divide="ignore", invalid="ignore"):
         prices = -np.asarray(lv, dtype=np.float64) / lam
-    S_root = None  # rank 0: the pairs gathered so far, -inf elsewhere
+    store = None  # rank 0: the pairs gathered so far
     rows = np.arange(counts[rank], dtype=np.int64)  # this rank's points to send
     m = min(k, _CANDIDATES)
     labels = np.zeros(counts[rank], dtype=np.int64)
     good = prices  # the last prices of a restricted problem solved to optimality
     complete = False  # every point's whole row is on rank 0
-    gathered = entries = 0
-    gap, certified, status, rounds = np.inf, False, "none", 0
+    gathered = entries = store_bytes = 0
+    status, rounds = "none", 0
     while rounds < _MAX_ROUNDS:
         rounds += 1
         width = _width(m, k)
@@ -152,75 +186,62 @@ def balance_head_over_ranks(
         gathered += int(sent.sum())
         entries += int(sent.sum()) * (width - 1 if width == 1 + k else m)
         parts = ex.gather(part, sent * width, "balanced_gather")
+        del part
         # rank 0: the restricted problem (the pairs gathered so far), warm-started
         complete = complete or (width == 1 + k and int(sent.sum()) == n_total)
         new_prices = np.zeros(k + 1)  # the prices, and whether the auction ended "optimal"
         label_parts = None
         if parts is not None:
             try:
-                if S_root is None:
-                    S_root = np.full((n_total, k), -np.inf, dtype=S_host.dtype)
-                for r, got in enumerate(parts):
-                    _fill(S_root, got, int(offsets[r]), m)
-                bal = balance(S_root, target, prices, flexible=flexible)
+                if store is None:
+                    store = _Gathered(n_total, k, S_host.dtype)
+                for r in range(world):
+                    store.add(parts[r], int(offsets[r]), m)
+                    parts[r] = None  # each part is freed once merged
+                store_bytes = max(store_bytes, store.nbytes)
+                bal = balance(store.rows(), target, prices, flexible=flexible)
                 new_prices[:k], status = bal.prices, bal.status
                 new_prices[k] = float(status == "optimal")
                 label_parts = [bal.labels[o : o + c] for o, c in zip(offsets, counts)]
+                del bal
             except Exception as exc:
                 ex.fail(exc)
                 label_parts = [np.zeros(c) for c in counts]
+        del parts
         # the prices reach every rank (a sum: rank 0's, zeros elsewhere) with rank 0's status
         got_prices = ex.reduce(new_prices, "sum", "balanced").cpu().numpy()
         ex.check()
         prices, optimal = got_prices[:k], bool(got_prices[k])
         labels = ex.scatter(label_parts, int(counts[rank]), "balanced_scatter").astype(np.int64)
+        del label_parts
         # the certificate: every rank checks all K reduced costs of its own points
-        msg = np.zeros(5 + k)
+        terms = np.zeros(len(_TERMS) + k)
         viol = rows[:0]
-        nan = 0.0
         if not ex.failed:
             try:
-                best, own = _reduced_costs(S_host, labels, prices)
-                paid = prices[labels]
-                with np.errstate(invalid="ignore"):
-                    rc = best - own + paid
-                fine = np.isfinite(rc) & np.isfinite(own)
-                viol = np.flatnonzero(~(rc <= 1e-12 * np.maximum(np.abs(own), np.abs(paid))))
-                msg[0] = rc[fine].sum()
-                msg[1] = np.maximum(np.abs(own), np.abs(paid))[fine].sum()
-                msg[2] = np.count_nonzero(~fine)
-                msg[3] = viol.size
-                msg[4] = own[fine].sum()
-                msg[5:] = np.bincount(labels, minlength=k)
-                nan = float(np.isnan(best).any() or np.isnan(own).any())
+                terms, viol = certificate_terms(S_host, labels, prices)
             except Exception as exc:
                 ex.fail(exc)
-        tot = ex.reduce(msg, "sum", "balanced", nan=nan).cpu().numpy()
+        tot = ex.reduce(terms, "sum", "balanced").cpu().numpy()
         ex.check()
-        sizes = np.rint(tot[5:]).astype(np.int64)
-        if tot[2] > 0:
-            gap, scale = np.inf, 1.0
-        else:
-            total = tot[0] + _bracket(sizes, prices, n_total, flexible)
-            gap, scale = max(total, 0.0) / n_total, max(tot[1] / n_total, 1e-300)
-        certified = bool(gap <= CERT_RTOL * scale)
-        if certified or complete:
+        cert = certificate(tot, prices, target, flexible)
+        if cert.certified or complete:
             break
         if not optimal:
             # the pairs gathered admit no labelling with these sizes, or too narrowly for
             # the auction's budget: every point again, with twice as many clusters, from
             # the last good prices
             rows, prices = np.arange(counts[rank], dtype=np.int64), good
-        elif tot[3] == 0:
+        elif tot[_VIOLATIONS] == 0:
             break
         else:  # the points short of their best cluster again, with more clusters
             rows, good = viol, prices
         m = min(k, 2 * m)
-    objective = np.inf if tot[2] > 0 else -float(tot[4]) / n_total
     return dict(
-        labels=labels, sizes=sizes, gap=float(gap), certified=certified, objective=objective,
-        rounds=rounds, points_gathered=gathered, scores_gathered=entries,
-        status=status if rank == 0 else None,
+        labels=labels, sizes=cert.sizes, gap=float(cert.gap), certified=cert.certified,
+        objective=cert.objective, rounds=rounds, points_gathered=gathered,
+        scores_gathered=entries, status=status if rank == 0 else None,
+        root_pairs_bytes=store_bytes if rank == 0 else None,
     )  # fmt: skip
 
 
@@ -245,7 +266,7 @@ def balance_over_ranks(
             k,
         )  # the driver's rule
         got = balance_head_over_ranks(ex, S, h.log_v, res.lam, target, p is None, counts)
-        labels = _as_home(got["labels"], S)
+        labels = hand_back(got["labels"], S)
         out_heads.append(
             dataclasses.replace(
                 h,
@@ -258,24 +279,10 @@ def balance_over_ranks(
                 gap=got["gap"],
             )
         )
-        info.append({key: got[key] for key in ("rounds", "points_gathered", "scores_gathered", "status")})
+        keys = ("rounds", "points_gathered", "scores_gathered", "status", "root_pairs_bytes")
+        info.append({key: got[key] for key in keys})
     uncertified = [t for t, h in enumerate(out_heads) if not h.certified]
     if uncertified:
         warnings.warn(uncertified_message(out_heads, uncertified), ConvergenceWarning, stacklevel=3)
-    labels = (
-        _driver._stack([h.labels for h in out_heads], array_library(heads[0]) or "numpy")
-        if multi
-        else out_heads[0].labels
-    )
+    labels = stack([h.labels for h in out_heads]) if multi else out_heads[0].labels
     return dataclasses.replace(res, heads=tuple(out_heads), labels=labels), info
-
-
-def _as_home(labels: np.ndarray, home: Any) -> Any:
-    """Host labels in the library and on the device of the caller's scores."""
-    if isinstance(home, torch.Tensor):
-        return torch.from_numpy(labels).to(home.device)
-    if array_library(home) == "cupy":
-        import cupy
-
-        return cupy.asarray(labels)
-    return labels

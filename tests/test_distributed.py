@@ -405,7 +405,7 @@ SCENARIOS = [
     ("balanced_weights", None, scenario_balanced_weights),
     ("balanced_differs", None, scenario_balanced_differs),
     ("balanced_root_fails", "g3", scenario_balanced_fails(0, "balance")),
-    ("balanced_rank_fails", "g3", scenario_balanced_fails(2, "_reduced_costs")),
+    ("balanced_rank_fails", "g3", scenario_balanced_fails(2, "certificate_terms")),
     ("not_member", None, scenario_not_member),
     ("raises", None, scenario_sabotage("eq4", "numpy", "sweep", 7, boom, victim=1)),
     ("nan_midway", "g3", scenario_sabotage("eq3", "torch", "log_sweep", 2, nan_log_sweep, victim=2)),
