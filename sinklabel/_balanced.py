@@ -42,6 +42,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ._arrays import to_host
 from ._auction import BUDGET, DONE, STRANDED, SparseRows, kernels, rows_block
 
 __all__ = [
@@ -225,17 +226,11 @@ def balance_head(
 ) -> BalancedLabels:
     """:func:`balance` for one head of :func:`sinklabel.solve`, from its potentials.
 
-    Reads the scores on the host: the caller's numpy array in place (float16 is widened
-    to float32), a CPU tensor through a shared-memory view, a GPU array as one copy.
+    Reads the scores on the host (:func:`sinklabel._arrays.to_host`): the caller's numpy
+    array in place (float16 is widened to float32), a CPU tensor through a shared-memory
+    view, a GPU array as one copy.
     """
-    if isinstance(original, np.ndarray):
-        host = original
-    elif hasattr(original, "detach"):  # torch: to the host first, widen half precisions there
-        host = original.detach().cpu()
-        host = (host.float() if host.dtype.itemsize < 4 else host).numpy()
-    else:
-        host = B.to_numpy(S)
-    host = np.asarray(host)  # a plain ndarray view of memory maps
+    host = to_host(original)
     if host.dtype not in (np.float32, np.float64):
         host = host.astype(np.float32)
     prices0 = -np.asarray(B.to_numpy(log_v), dtype=np.float64) / lam
