@@ -14,9 +14,21 @@ class ConvergenceWarning(UserWarning):
     """A head stopped at ``max_iter`` with its marginal error above ``tol``."""
 
 
-@dataclass(frozen=True)
+def _shape(x: Any) -> tuple:
+    return tuple(getattr(x, "shape", ()))
+
+
+def _span(sizes: np.ndarray) -> str:
+    return f"{int(np.min(sizes))}..{int(np.max(sizes))}" if np.size(sizes) else "-"
+
+
+@dataclass(frozen=True, eq=False, repr=False)
 class HeadResult:
     """The solution for one head.
+
+    Compared by identity (``==`` is ``is``) and hashed by ``id``: two solves are separate
+    results even when their fields agree; compare fields, e.g.
+    ``np.array_equal(a.labels, b.labels)``, to compare answers.
 
     The transport plan is ``Q[i, k] = exp(lam * S[i, k] + log_u[i] + log_v[k])``; its rows
     sum to the point masses exactly and its columns to the cluster masses within ``error``.
@@ -73,10 +85,27 @@ class HeadResult:
     certified: bool | None = None
     gap: float | None = None
 
+    def __repr__(self) -> str:
+        extra = ""
+        if self.balanced:
+            extra = f", balanced=True, certified={self.certified}, gap={self.gap:.3g}"
+        return (
+            f"HeadResult(n_points={_shape(self.labels)[0] if _shape(self.labels) else '?'}, "
+            f"n_clusters={_shape(self.log_v)[0] if _shape(self.log_v) else '?'}, "
+            f"n_iter={self.n_iter}, converged={self.converged}, error={self.error:.3g}, "
+            f"objective={self.objective:.6g}, sizes={_span(self.sizes)} "
+            f"(target {_span(self.target_sizes)}){extra})"
+        )
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, eq=False, repr=False)
 class Result:
     """Everything :func:`sinklabel.solve` computed, for one head or several.
+
+    ``repr`` is a summary (shapes, iterations, convergence, size ranges); ``report()`` a
+    longer text. Results compare by identity (``==`` is ``is``; the hash is the ``id``),
+    like :class:`HeadResult`: fields hold arrays of any library and a wall time, so
+    field-wise equality would be neither cheap nor meaningful between two solves.
 
     Per-head details live in ``heads``; the attributes below summarise them. For a
     single head, ``log_u``, ``log_v``, ``errors``, ``objective``, ``sizes`` are that
@@ -146,17 +175,29 @@ class Result:
     def sizes(self) -> Any:
         return self._per_head("sizes")
 
-    def report(self) -> str:
-        """A short human-readable summary (what the CLI prints)."""
+    def __repr__(self) -> str:
+        ks = tuple(_shape(h.log_v)[0] if _shape(h.log_v) else "?" for h in self.heads)
+        sizes = ", ".join(_span(h.sizes) for h in self.heads)
+        return (
+            f"Result(heads={len(self.heads)}, labels shape={_shape(self.labels)}, "
+            f"n_clusters={ks if self.multi_head else ks[0]}, lam={self.lam:g}, tol={self.tol:g}, "
+            f"backend={self.backend!r}, n_iter={self.n_iter}, converged={self.converged}, "
+            f"sizes={sizes}, wall_time={self.wall_time:.3f}s)"
+        )
+
+    def report(self, names: list[str] | None = None) -> str:
+        """A short human-readable summary (what the CLI prints); ``names`` label the heads
+        (default: their index)."""
         lines = [
             f"backend {self.backend}, lam {self.lam:g}, tol {self.tol:g}, "
             f"{len(self.heads)} head(s), {self.wall_time:.3f} s"
         ]
         for t, h in enumerate(self.heads):
+            name = repr(names[t]) if names is not None else str(t)
             dev = np.abs(h.sizes / np.maximum(h.target_sizes, 1) - 1.0)
             state = "converged" if h.converged else "NOT converged"
             line = (
-                f"head {t}: {state} in {h.n_iter} iterations, marginal error {h.error:.2e}, "
+                f"head {name}: {state} in {h.n_iter} iterations, marginal error {h.error:.2e}, "
                 f"objective {h.objective:.6g}, sizes min/max {h.sizes.min()}/{h.sizes.max()} "
                 f"(target {h.target_sizes.min()}/{h.target_sizes.max()}, "
                 f"max deviation {dev.max():.1%})"
