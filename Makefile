@@ -3,12 +3,18 @@
 #   make test   set up a virtual environment and run the test suite
 PYTHON ?= python3
 VENV ?= .venv
-# torch is installed first and pinned: a bare `torch` requirement would pull a multi-GB CUDA build
+# torch is installed first, pinned: the version the tests were run with (it needs Python >= 3.10,
+# hence requires-python in pyproject.toml). From plain PyPI on Linux this pin is the CUDA build
+# (a 527 MB wheel plus the CUDA 13 packages); for the CPU-only wheel (190 MB) name PyTorch's
+# CPU index:  make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
 
 .PHONY: demo test bench clean
 
 $(VENV)/bin/python:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \
+	  { echo "sinklabel needs Python >= 3.10; $(PYTHON) is $$($(PYTHON) -V 2>&1)" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 
@@ -17,7 +23,7 @@ demo: $(VENV)/bin/python
 	$(VENV)/bin/sinklabel demo
 
 test: $(VENV)/bin/python
-	$(VENV)/bin/pip install -q '$(TORCH)'
+	$(VENV)/bin/pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) '$(TORCH)'
 	$(VENV)/bin/pip install -q -e '.[test]'
 	@# pytest's exit code 5 means no test ran: that is a failure, not a pass
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider; rc=$$?; \
