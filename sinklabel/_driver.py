@@ -34,7 +34,8 @@ import logging
 import os
 import time
 import warnings
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 
@@ -55,9 +56,47 @@ from ._validate import (
 from .backends import get_backend, pick_backend
 from .backends._base import Backend
 
-__all__ = ["solve", "assign"]
+__all__ = ["solve", "assign", "SolveProgress"]
 
 log = logging.getLogger("sinklabel")
+
+
+@dataclass(frozen=True)
+class SolveProgress:
+    """What ``solve(..., callback=)`` receives at every convergence check of a head.
+
+    Attributes
+    ----------
+    head : int
+        Index of the head being solved (heads are solved one after another).
+    n_heads : int
+    n_iter : int
+        Evaluations (sweeps and log-domain steps) of this head so far.
+    error : float
+        Its marginal error there, ``max_k |mass_k / r_k - 1|`` (global over the ranks of
+        a distributed solve, equal on every rank).
+    tol : float
+    max_iter : int
+    """
+
+    head: int
+    n_heads: int
+    n_iter: int
+    error: float
+    tol: float
+    max_iter: int
+
+
+def _checks(head: int, n_heads: int, tol: float, max_iter: int, callback: Any) -> Callable:
+    """The iteration's ``on_check`` for one head: an INFO record on the "sinklabel" logger
+    (silent unless logging is configured) and the user's ``callback``."""
+
+    def on_check(n_iter: int, error: float) -> None:
+        log.info("head %d/%d: iteration %d, error %.3g (tol %g)", head + 1, n_heads, n_iter, error, tol)
+        if callback is not None:
+            callback(SolveProgress(head, n_heads, n_iter, float(error), tol, max_iter))
+
+    return on_check
 
 
 def _warm_start(init: Any, n_heads: int, lam: float, n_clusters: list[int]) -> list[np.ndarray]:
@@ -116,6 +155,7 @@ def solve(
     balanced: bool | None = None,
     acceleration: str | None = "anderson",
     kernel: str = "auto",
+    callback: Callable[[SolveProgress], Any] | None = None,
 ) -> Result:
     """Solve the equipartition (balanced) label assignment of SeLa.
 
@@ -189,6 +229,11 @@ def solve(
         (ImageNet's 1.28M x 3000 float32, 15.4 GB, solves on a 24 GB machine); the
         scores are only read. ``"auto"``: stored, unless the kernel would take more
         than half of the memory available now and the backend can stream.
+    callback : callable, optional
+        Called as ``callback(info)`` at every convergence check, ``info`` a frozen
+        :class:`SolveProgress` (head, n_heads, n_iter, error, tol, max_iter). Each check
+        is also logged at INFO level on the ``"sinklabel"`` logger (silent unless logging
+        is configured, e.g. ``logging.basicConfig(level=logging.INFO)``).
 
     Returns
     -------
@@ -210,6 +255,8 @@ def solve(
         raise ValueError(f"`kernel` must be 'auto', 'stored' or 'streamed'; got {kernel!r}")
     tol = check_positive_float(tol, "tol")
     max_iter = check_max_iter(max_iter)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"`callback` must be callable or None; got {type(callback).__name__}")
     heads, multi, library = split_heads(scores)
     home = heads[0]  # results go back to this array's library and device
     if device is not None and not isinstance(device, str) and type(device).__name__ != "device":
@@ -270,7 +317,8 @@ def solve(
         r = B.from_numpy(r_host[t], like=S)
         g0 = B.from_numpy(g0s[t], like=S)
         memory = _ANDERSON_MEMORY if acceleration == "anderson" and every == 1 else 0
-        sol = iterate(B, S, lam, c, r, g0, tol, max_iter, every, memory, stream)
+        on_check = _checks(t, len(heads), tol, max_iter, callback)
+        sol = iterate(B, S, lam, c, r, g0, tol, max_iter, every, memory, stream, on_check)
         target = integer_sizes(
             n_points,
             None

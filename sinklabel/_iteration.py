@@ -1,10 +1,35 @@
-"""The Sinkhorn iteration of one head (see :mod:`sinklabel._driver` for the method)."""
+"""The Sinkhorn iteration of one head (see :mod:`sinklabel._driver` for the method).
+
+Names, one per quantity (all column vectors have length K, row vectors length N):
+
+``g``, ``x``
+    Column log-potentials. ``x`` is the point the next sweep evaluates; a log step
+    evaluates ``g``.
+``a``
+    Row log-potentials that make the rows exact (``a_i = -logsumexp_k(lam S_ik + g_k)``).
+``b``, ``v``
+    The stored kernel's column frame and scaling: ``x = b + log v``.
+``u``, ``acc``
+    A stored-kernel sweep's row scalings and column accumulator; the column masses of the
+    plan are ``v * acc``.
+``mass``
+    The column masses of the plan just evaluated (its rows exact).
+``err``
+    ``max_k |mass_k / r_k - 1|`` over the active clusters.
+
+Two strategies sweep: :class:`_StoredKernel` (``Kmat = exp(lam S + a + b)`` built once and
+rebuilt at each absorption; the plan ``diag(u) Kmat diag(v)``) and :class:`_StreamedKernel`
+(no N x K array: each sweep recomputes ``exp(lam S + a + x)`` from the scores, the row
+potentials of the previous sweep keeping it in range). :func:`iterate` runs either with the
+same loop: sweep, check, propose the next ``x`` (plain or Anderson), and absorb through exact
+log-domain steps when the scalings leave range or anything non-finite appears.
+"""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -30,6 +55,179 @@ class _HeadSolution:
     restarts: int = 0  # Anderson proposals dropped by the safeguard
 
 
+@dataclass
+class _LogPoint:
+    """An evaluated plan in log form: ``Q = exp(lam S + log c + a + g)`` (rows exact)."""
+
+    a: Any
+    g: Any
+
+    def potentials(self, log_c: Any, xp: Any) -> tuple[Any, Any]:
+        with np.errstate(divide="ignore"):
+            return log_c + self.a, self.g
+
+
+@dataclass
+class _KernelPoint:
+    """An evaluated plan of the stored kernel: ``Q = diag(u) exp(lam S + a + b) diag(v)``."""
+
+    a: Any
+    u: Any
+    b: Any
+    v: Any
+
+    def potentials(self, log_c: Any, xp: Any) -> tuple[Any, Any]:
+        with np.errstate(divide="ignore"):
+            return self.a + xp.log(self.u), self.b + xp.log(self.v)
+
+
+class _Columns:
+    """The cluster side of one head: masses ``r``, the active clusters, and the error."""
+
+    def __init__(self, B: Backend, r: Any) -> None:
+        xp = B.xp
+        self.B, self.xp, self.r = B, xp, r
+        with np.errstate(divide="ignore"):
+            self.log_r = xp.log(r)
+        self.active = r > 0
+        k = r.shape[0]
+        self.neg_inf = B.full(k, -np.inf, like=r)
+        self.ones = B.full(k, 1.0, like=r)
+        self.zeros = B.full(k, 0.0, like=r)
+
+    def error(self, mass: Any) -> float:
+        """``err`` of column masses ``mass``; inactive clusters hold no mass."""
+        xp = self.xp
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return self.B.max_float(xp.where(self.active, xp.abs(mass / self.r - 1.0), 0.0))
+
+    def log_error(self, log_mass: Any) -> float:
+        """``err`` of column log-masses ``log_mass``."""
+        xp = self.xp
+        with np.errstate(invalid="ignore", over="ignore"):
+            rel = xp.where(
+                self.active,
+                xp.abs(xp.exp(log_mass - xp.where(self.active, self.log_r, 0.0)) - 1.0),
+                0.0,
+            )
+        return self.B.max_float(rel)
+
+    def log_ratio(self, mass: Any) -> Any:
+        """``log(r / mass)`` on the active clusters (0 elsewhere): the plain step of ``x``."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return self.xp.where(self.active, self.xp.log(self.r / mass), self.zeros)
+
+
+class _StoredKernel:
+    """Sweeps of the stored kernel ``Kmat = exp(lam S + a + b)`` at ``x = b + log v``."""
+
+    def __init__(self, B: Backend, S: Any, lam: float, c: Any, cols: _Columns) -> None:
+        self.B, self.S, self.lam, self.c, self.cols = B, S, lam, c, cols
+        self.tau = _tau(B.compute_dtype(S))
+        self.Kmat: Any = None
+        self.a = self.b = self.x = self.v = self.u = self.acc = None
+
+    def anchor(self, a: Any, b: Any, x: Any = None) -> None:
+        """(Re)build the kernel at a log step's rows ``a`` and its plain successor ``b``;
+        the next sweep evaluates ``x`` if it is within ``tau`` of that frame, else ``b``."""
+        B, cols = self.B, self.cols
+        self.a, self.b = a, b
+        self.Kmat = B.build_kernel(self.S, self.lam, a, b, out=self.Kmat)
+        self.x, self.v = b, cols.ones
+        if x is not None:
+            with np.errstate(invalid="ignore"):
+                log_v = B.xp.where(cols.active, x - b, cols.zeros)
+            if B.max_float(B.xp.abs(log_v)) <= self.tau:
+                self.x, self.v = x, B.xp.exp(log_v)
+
+    def sweep(self) -> None:
+        self.u, self.acc = self.B.sweep(self.Kmat, self.v, self.c)
+
+    def plain_move(self) -> None:
+        """The plain Sinkhorn step after an unchecked sweep."""
+        cols = self.cols
+        with np.errstate(divide="ignore", invalid="ignore"):
+            self.v = self.B.xp.where(cols.active, cols.r / self.acc, cols.ones)
+
+    def evaluate(self) -> Any:
+        """The column masses of the swept plan, or None where it is not finite."""
+        finite = self.B.all_finite(self.u)
+        mass_ok = self.B.all_finite(self.acc)
+        if not (finite and mass_ok):
+            return None
+        with np.errstate(invalid="ignore", over="ignore"):
+            return self.B.xp.where(self.cols.active, self.v * self.acc, 0.0)
+
+    def point(self) -> _KernelPoint:
+        return _KernelPoint(self.a, self.u, self.b, self.v)
+
+    def move(self, x: Any) -> bool:
+        """Evaluate ``x`` next; False when the scalings would leave range (absorb)."""
+        B, xp, cols = self.B, self.B.xp, self.cols
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_v = xp.where(cols.active, x - self.b, cols.zeros)
+            row_scale = xp.where(self.c > 0, self.u / self.c, cols.ones[:1])
+            log_spread = max(B.max_float(xp.abs(log_v)), B.max_float(xp.abs(xp.log(row_scale))))
+        if not log_spread <= self.tau:
+            return False
+        self.v, self.x = xp.exp(log_v), x
+        return True
+
+
+class _StreamedKernel:
+    """Sweeps without a stored kernel: ``exp(lam S + a + x)`` recomputed from the scores,
+    ``a`` the row potentials of the previous sweep (rows of it sum to about 1)."""
+
+    def __init__(self, B: Backend, S: Any, lam: float, c: Any, cols: _Columns) -> None:
+        self.B, self.S, self.lam, self.c, self.cols = B, S, lam, c, cols
+        self.a = self.x = self.a_next = self.mass = None
+
+    def anchor(self, a: Any, b: Any, x: Any = None) -> None:
+        """Continue from a log step's rows ``a``, evaluating ``x`` (default ``b``) next."""
+        self.a, self.x = a, b if x is None else x
+
+    def sweep(self) -> None:
+        self.a_next, self.mass = self.B.stream_sweep(self.S, self.lam, self.a, self.x, self.c)
+
+    def plain_move(self) -> None:
+        cols = self.cols
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x = self.B.xp.where(cols.active, self.x + self.B.xp.log(cols.r / self.mass), cols.neg_inf)
+        self.a, self.x = self.a_next, x
+
+    def evaluate(self) -> Any:
+        finite = self.B.all_finite(self.a_next)
+        mass_ok = self.B.all_finite(self.B.xp.where(self.cols.active, self.mass, 0.0))
+        return self.mass if finite and mass_ok else None
+
+    def point(self) -> _LogPoint:
+        return _LogPoint(self.a_next, self.x)
+
+    def move(self, x: Any) -> bool:
+        self.a, self.x = self.a_next, x
+        return True
+
+
+class _Progress:
+    """Sweeps done, the error history, the best evaluated point, and the check hook."""
+
+    def __init__(self, tol: float, on_check: Callable[[int, float], Any] | None) -> None:
+        self.tol, self.on_check = tol, on_check
+        self.n_iter = 0
+        self.errors: list[float] = []
+        self.best_err = np.inf
+        self.best: Any = None
+
+    def checked(self, err: float, point: Any) -> bool:
+        """Record the error of an evaluated point; True when it is within ``tol``."""
+        self.errors.append(err)
+        if self.best is None or err < self.best_err:
+            self.best_err, self.best = err, point
+        if self.on_check is not None:
+            self.on_check(self.n_iter, err)
+        return err <= self.tol
+
+
 def iterate(
     B: Backend,
     S: Any,
@@ -42,48 +240,36 @@ def iterate(
     check_every: int,
     memory: int = 0,
     stream: bool = False,
+    on_check: Callable[[int, float], Any] | None = None,
 ) -> _HeadSolution:
     """Run Sinkhorn on one head until the cluster-marginal error is <= tol (or max_iter).
 
     Every evaluation (a kernel sweep, or a log-domain step at the start and at each
-    absorption) makes the rows exact at the current column potentials ``g`` and measures
-    the column error there; the next ``g`` is the plain Sinkhorn successor, or with
+    absorption) makes the rows exact at the current column potentials and measures the
+    column error there; the next ``x`` is the plain Sinkhorn successor, or with
     ``memory > 0`` the safeguarded Anderson extrapolation of
     :class:`sinklabel._accel.Anderson`. The state returned is always an evaluated one:
     rows exact, ``error`` its column error (the smallest seen if not converged).
 
-    ``stream``: no stored kernel; each sweep recomputes ``exp(lam S + a + g)`` from the
-    scores (:meth:`Backend.stream_sweep`), the row potentials ``a`` of the previous sweep
-    keeping it in range, so absorption costs nothing and no N x K array is allocated.
+    ``stream``: no stored kernel (:class:`_StreamedKernel`); absorption then costs nothing
+    and no N x K array is allocated. ``on_check(n_iter, err)`` is called at every
+    convergence check.
     """
     xp = B.xp
     with np.errstate(divide="ignore"):
         log_c = xp.log(c)
-        log_r = xp.log(r)
-    active = r > 0
-    neg_inf = B.full(r.shape[0], -np.inf, like=r)
-    ones = B.full(r.shape[0], 1.0, like=r)
-    zeros = B.full(r.shape[0], 0.0, like=r)
-    tau = _tau(B.compute_dtype(S))
-    errors: list[float] = []
-    n_iter = 0
-    mixer = Anderson(B.to_numpy(active).astype(bool), memory) if memory > 0 else None
-
-    def column_error(log_mass: Any) -> float:
-        # max over active clusters of |mass_k / r_k - 1|; inactive ones hold no mass
-        with np.errstate(invalid="ignore", over="ignore"):
-            rel = xp.where(
-                active, xp.abs(xp.exp(log_mass - xp.where(active, log_r, 0.0)) - 1.0), 0.0
-            )
-        return B.max_float(rel)
+    cols = _Columns(B, r)
+    mode = (_StreamedKernel if stream else _StoredKernel)(B, S, lam, c, cols)
+    progress = _Progress(tol, on_check)
+    mixer = Anderson(B.to_numpy(cols.active).astype(bool), memory) if memory > 0 else None
 
     def log_step(g: Any) -> tuple[Any, Any, float]:
-        """One exact log-domain evaluation at column potentials g, and its plain successor."""
+        """One exact log-domain evaluation at ``g``: rows ``a``, plain successor, ``err``."""
         a, col_lse = B.log_sweep(S, lam, g, log_c)
-        err = column_error(col_lse)
+        progress.n_iter += 1
         with np.errstate(invalid="ignore"):
-            g_next = xp.where(active, g + log_r - col_lse, neg_inf)
-        return a, g_next, err
+            g_plain = xp.where(cols.active, g + cols.log_r - col_lse, cols.neg_inf)
+        return a, g_plain, cols.log_error(col_lse)
 
     def propose(x: Any, gx: Any, err: float, mix: bool = True, record: bool = True) -> Any:
         """The next column potentials after evaluating ``G(x) = gx`` (plain: ``gx``)."""
@@ -92,114 +278,61 @@ def iterate(
         nxt = mixer.step(B.to_numpy(x), B.to_numpy(gx), err, mix=mix, record=record)
         return B.from_numpy(nxt, like=gx)
 
-    def finish(converged: bool, state: tuple, err: float) -> _HeadSolution:
-        with np.errstate(divide="ignore"):
-            if state[0] == "log":  # rows exact: log_u = log c + a
-                _, a_s, g_s = state
-                log_u, log_v = log_c + a_s, g_s
-            else:  # a kernel state: Q = diag(u) exp(lam S + a + b) diag(v)
-                _, a_s, u_s, b_s, v_s = state
-                log_u, log_v = a_s + xp.log(u_s), b_s + xp.log(v_s)
-        restarts = 0 if mixer is None else mixer.restarts
-        return _HeadSolution(log_u, log_v, n_iter, converged, err, errors, restarts)
+    def forget(x: Any) -> Any:
+        """Drop the mixer's history (the iteration restarts from ``x``)."""
+        if mixer is not None:
+            mixer.reset()
+        return x
 
-    g = xp.where(active, g0, neg_inf)
+    def finish(converged: bool, point: Any, err: float) -> _HeadSolution:
+        log_u, log_v = point.potentials(log_c, xp)
+        restarts = 0 if mixer is None else mixer.restarts
+        return _HeadSolution(log_u, log_v, progress.n_iter, converged, err, progress.errors, restarts)
+
+    g = xp.where(cols.active, g0, cols.neg_inf)
     a, g_plain, err = log_step(g)
-    n_iter += 1
-    errors.append(err)
-    best = (err, ("log", a, g))  # the evaluated state with the smallest error
-    if err <= tol or n_iter >= max_iter:
-        return finish(err <= tol, best[1], err)
+    if progress.checked(err, _LogPoint(a, g)) or progress.n_iter >= max_iter:
+        return finish(err <= tol, progress.best, err)
     if check_every == 1:  # history only: the next evaluation is at g_plain
         propose(g, g_plain, err, mix=False)
-    # stored: Q = diag(u) Kmat diag(v), Kmat = exp(lam S + a + b); streamed: a, x alone
-    x = b = g_plain  # x: the column potentials being evaluated (b + log v)
-    Kmat = None if stream else B.build_kernel(S, lam, a, b)
-    v = ones
-    while n_iter < max_iter:
-        if stream:
-            a_next, mass = B.stream_sweep(S, lam, a, x, c)
-        else:
-            u, acc = B.sweep(Kmat, v, c)
-        n_iter += 1
-        if n_iter % check_every and n_iter < max_iter:  # plain, unchecked sweeps
-            with np.errstate(divide="ignore", invalid="ignore"):
-                if stream:
-                    a, x = a_next, xp.where(active, x + xp.log(r / mass), neg_inf)
-                else:
-                    v = xp.where(active, r / acc, ones)
+    mode.anchor(a, g_plain)
+    while progress.n_iter < max_iter:
+        mode.sweep()
+        progress.n_iter += 1
+        if progress.n_iter % check_every and progress.n_iter < max_iter:  # unchecked sweeps
+            mode.plain_move()
             continue
-        rescue_from = None
-        finite = B.all_finite(a_next) if stream else B.all_finite(u)
-        if stream:
-            mass_ok = B.all_finite(xp.where(active, mass, 0.0))
+        mass = mode.evaluate()
+        if mass is None:  # something non-finite: absorb from x (the log step cannot overflow)
+            rescue_from = forget(mode.x)
         else:
-            mass_ok = B.all_finite(acc)
-            with np.errstate(invalid="ignore", over="ignore"):
-                mass = xp.where(active, v * acc, 0.0)
-        if not (finite and mass_ok):
-            rescue_from = x  # the exact log step cannot overflow
-            if mixer is not None:
-                mixer.reset()
-        else:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                err = B.max_float(xp.where(active, xp.abs(mass / r - 1.0), 0.0))
-            errors.append(err)
-            state = ("log", a_next, x) if stream else ("kernel", a, u, b, v)
-            if err < best[0]:
-                best = (err, state)
-            if err <= tol:
-                return finish(True, state, err)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                log_ratio = xp.where(active, xp.log(r / mass), zeros)
-            if not B.all_finite(log_ratio):  # a column underflowed: absorb from here
-                rescue_from = x
-                if mixer is not None:
-                    mixer.reset()
+            err = cols.error(mass)
+            point = mode.point()
+            if progress.checked(err, point):
+                return finish(True, point, err)
+            log_ratio = cols.log_ratio(mass)
+            if not B.all_finite(log_ratio):  # a column underflowed: absorb from x
+                rescue_from = forget(mode.x)
             else:
-                g_next = propose(x, x + log_ratio, err)
-                if stream:
-                    a, x = a_next, g_next
+                x_next = propose(mode.x, mode.x + log_ratio, err)
+                if mode.move(x_next):
                     continue
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    log_v_next = xp.where(active, g_next - b, zeros)
-                    row_scale = xp.where(c > 0, u / c, ones[:1])
-                    log_spread = max(
-                        B.max_float(xp.abs(log_v_next)),
-                        B.max_float(xp.abs(xp.log(row_scale))),
-                    )
-                if not log_spread <= tau:
-                    rescue_from = g_next
-                else:
-                    v = xp.exp(log_v_next)
-                    x = g_next
-                    continue
-        log.debug("absorbing scalings into log-potentials at iteration %d", n_iter)
-        while rescue_from is not None and n_iter < max_iter:
+                rescue_from = x_next  # the scalings would leave range: absorb there
+        log.debug("absorbing scalings into log-potentials at iteration %d", progress.n_iter)
+        # exact log steps from rescue_from until the safeguard accepts a proposal
+        while rescue_from is not None and progress.n_iter < max_iter:
             g = rescue_from
             a, g_plain, err = log_step(g)
-            n_iter += 1
-            errors.append(err)
-            if err < best[0]:
-                best = (err, ("log", a, g))
-            if err <= tol:
-                return finish(True, ("log", a, g), err)
+            if progress.checked(err, _LogPoint(a, g)):
+                return finish(True, _LogPoint(a, g), err)
             # judged by the safeguard; a one-sweep pair enters the history (and may be
             # mixed) only when the mixed map is one sweep (check_every == 1)
             nxt = propose(g, g_plain, err, mix=check_every == 1, record=check_every == 1)
             rescue_from = nxt if mixer is not None and mixer.restarted else None
-        if rescue_from is not None or n_iter >= max_iter:
+        if rescue_from is not None or progress.n_iter >= max_iter:
             break
         # the kernel moves to the log step's plain successor (entries bounded by N/K);
         # the next evaluation is the proposal, if it is within tau of that frame
-        b = g_plain
-        if not stream:
-            Kmat = B.build_kernel(S, lam, a, b, out=Kmat)
-        with np.errstate(invalid="ignore"):
-            log_v_next = xp.where(active, nxt - b, zeros)
-        if stream or B.max_float(xp.abs(log_v_next)) <= tau:
-            x, v = nxt, xp.exp(log_v_next)
-        else:
-            x, v = b, ones
+        mode.anchor(a, g_plain, nxt)
     # not converged: report the evaluated state with the smallest error (rows exact)
-    return finish(False, best[1], best[0])
+    return finish(False, progress.best, progress.best_err)

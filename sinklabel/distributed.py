@@ -107,6 +107,7 @@ def solve(
     group: Any = None,
     acceleration: str | None = "anderson",
     kernel: str = "auto",
+    callback: Any = None,
 ) -> Result:
     """:func:`sinklabel.solve` for the points of all ranks of a process group.
 
@@ -184,7 +185,7 @@ def solve(
     world = _group_size(group)
     kwargs: dict[str, Any] = dict(
         tol=tol, max_iter=max_iter, prior=prior, weights=weights, init=init, device=device,
-        check_every=check_every, acceleration=acceleration, kernel=kernel,
+        check_every=check_every, acceleration=acceleration, kernel=kernel, callback=callback,
     )  # fmt: skip
     if world == 1:
         if balanced:

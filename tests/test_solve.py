@@ -241,3 +241,35 @@ def test_infeasible_support_is_never_reported_converged():
         res = sinklabel.solve(S, 10.0, max_iter=500)
     assert not res.converged
     assert np.isfinite(res.heads[0].errors).all()
+
+
+def test_callback_sees_every_check_and_logging_is_opt_in(caplog):
+    """callback(info) at every convergence check: the errors the result reports, in order;
+    INFO records on the "sinklabel" logger, one per check, only when asked for."""
+    import dataclasses
+    import logging
+
+    S = [make_scores(300, 5, seed=1), make_scores(300, 7, seed=2)]
+    seen = []
+    with caplog.at_level(logging.INFO, logger="sinklabel"):
+        res = sinklabel.solve(S, lam=10, tol=1e-4, callback=seen.append)
+    for t, h in enumerate(res.heads):
+        mine = [i for i in seen if i.head == t]
+        assert [i.error for i in mine] == list(h.errors)
+        assert [i.n_iter for i in mine][-1] == h.n_iter
+        assert all(i.n_heads == 2 and i.tol == 1e-4 and i.max_iter == 5000 for i in mine)
+    assert [i.head for i in seen] == sorted(i.head for i in seen)  # heads one after another
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        seen[0].error = 0.0
+    records = [r for r in caplog.records if r.name == "sinklabel" and r.levelno == logging.INFO]
+    assert len(records) == len(seen) and "head 2/2" in records[-1].getMessage()
+    plain = sinklabel.solve(S, lam=10, tol=1e-4)
+    assert [h.errors.tolist() for h in plain.heads] == [h.errors.tolist() for h in res.heads]
+    with pytest.raises(TypeError, match="`callback` must be callable or None; got int"):
+        sinklabel.solve(S, lam=10, callback=3)
+
+
+def test_library_is_silent_by_default(capsys):
+    sinklabel.solve(make_scores(200, 4, seed=3), lam=10)
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
