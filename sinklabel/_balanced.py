@@ -111,6 +111,8 @@ def resolve_balanced(balanced: Any, weights: Any, n_points: int, n_local: int) -
     """Whether :func:`sinklabel.solve` makes balanced labels (validated before heavy work).
 
     ``None`` means: whenever they are defined. ``True`` where they are not raises.
+    Balanced labels are defined over the points of every process (``n_points``, of which
+    ``n_local`` here): :mod:`sinklabel._balanced_ranks` makes them across ranks.
     """
     if balanced is not None and not isinstance(balanced, (bool, np.bool_)):
         raise TypeError(f"`balanced` must be True, False or None; got {type(balanced).__name__}")
@@ -119,12 +121,6 @@ def resolve_balanced(balanced: Any, weights: Any, n_points: int, n_local: int) -
         why = (
             "`weights` is not supported with balanced=True: balanced labels count points "
             "(sizes are numbers of points); drop the weights or use balanced=False"
-        )
-    elif n_points != n_local:
-        why = (
-            "balanced=True needs every point's scores in one process; with a distributed "
-            f"backend this rank holds {n_local} of {n_points} points (gather the scores or "
-            "use balanced=False)"
         )
     if balanced is None:
         return why is None

@@ -56,7 +56,7 @@ from ._validate import (
 from .backends import get_backend, pick_backend
 from .backends._base import Backend
 
-__all__ = ["solve", "assign", "SolveProgress"]
+__all__ = ["solve", "assign", "SolveProgress", "Arguments", "Problem", "arguments", "prepare", "run"]
 
 log = logging.getLogger("sinklabel")
 
@@ -247,7 +247,68 @@ def solve(
     >>> res.converged, res.labels.shape
     (True, (400,))
     """
-    t0 = time.perf_counter()
+    args = arguments(
+        scores, lam, tol=tol, max_iter=max_iter, prior=prior, weights=weights, init=init,
+        backend=backend, device=device, check_every=check_every, balanced=balanced,
+        acceleration=acceleration, kernel=kernel, callback=callback,
+    )  # fmt: skip
+    return run(prepare(args, args.backend), args.backend)
+
+
+@dataclass(frozen=True)
+class Arguments:
+    """The arguments of :func:`solve`, checked as far as one process can check them alone.
+
+    Made by :func:`arguments` without any exchange between processes (so that
+    :mod:`sinklabel.distributed` can announce a bad argument on one rank to the others
+    before they wait on it); :func:`prepare` completes them with what needs every
+    process's points (the number of points, the point masses, the scans).
+    """
+
+    heads: list  # the caller's score matrices, one per head (this process's points)
+    multi: bool
+    backend: Backend  # the backend for this process's points
+    device: Any
+    lam: float
+    tol: float
+    max_iter: int
+    check_every: int | None
+    acceleration: str | None
+    kernel: str
+    balanced: bool | None  # as given; resolved by prepare
+    callback: Any
+    priors: list  # per head: None or the prior as given
+    weights: np.ndarray | None  # this process's weights on the host, checked, not normalised
+    warm: list  # per head: float64 column log-potentials to start from
+    started: float  # time.perf_counter() at the call
+
+    @property
+    def n_local(self) -> int:
+        return int(self.heads[0].shape[0])
+
+
+def arguments(
+    scores: Any,
+    lam: float = 25.0,
+    *,
+    tol: float = 1e-3,
+    max_iter: int = 5000,
+    prior: Any = None,
+    weights: Any = None,
+    init: Any = None,
+    backend: Any = "auto",
+    device: Any = None,
+    check_every: int | None = None,
+    balanced: bool | None = None,
+    acceleration: str | None = "anderson",
+    kernel: str = "auto",
+    callback: Any = None,
+) -> Arguments:
+    """:func:`solve`'s arguments checked on this process alone (see :class:`Arguments`).
+
+    ``backend`` may also be a :class:`~sinklabel.backends._base.Backend` instance.
+    """
+    started = time.perf_counter()
     lam = check_lam(lam)
     if acceleration not in ("anderson", None):
         raise ValueError(f"`acceleration` must be 'anderson' or None; got {acceleration!r}")
@@ -255,86 +316,174 @@ def solve(
         raise ValueError(f"`kernel` must be 'auto', 'stored' or 'streamed'; got {kernel!r}")
     tol = check_positive_float(tol, "tol")
     max_iter = check_max_iter(max_iter)
+    if check_every is not None:
+        check_every = check_max_iter(check_every, "check_every")
     if callback is not None and not callable(callback):
         raise TypeError(f"`callback` must be callable or None; got {type(callback).__name__}")
     heads, multi, library = split_heads(scores)
-    home = heads[0]  # results go back to this array's library and device
     if device is not None and not isinstance(device, str) and type(device).__name__ != "device":
         raise TypeError(f"`device` must be a string such as 'cuda:0'; got {type(device).__name__}")
-    if isinstance(backend, Backend):  # an instance, e.g. sinklabel.distributed's wrapper
+    if isinstance(backend, Backend):
         B = backend
     else:
         B = get_backend(pick_backend(library, device) if backend == "auto" else backend)
-    n_local = heads[0].shape[0]
-    # N counts the points of every process sharing the solve (all of them are here in one)
-    n_points = int(B.allsum(np.array([n_local]))[0])
-    n_clusters = [h.shape[1] for h in heads]
     for t, S in enumerate(heads):
         check_score_dtype(S, f"scores[{t}]" if multi else "scores")
-    hosts = list(heads)  # the caller's arrays: the balanced step reads numpy ones in place
-    heads = [B.adopt(S, device) for S in heads]
-    stream = _streams(B, heads, kernel)
-    every = (
-        B.checks_every(heads[0])
-        if check_every is None
-        else check_max_iter(check_every, "check_every")
-    )
-    if acceleration == "anderson" and check_every is None:
-        every = 1  # Anderson decides at every sweep; its 5-15x fewer sweeps outweigh the checks
-    priors = prior if (multi and isinstance(prior, (list, tuple))) else [prior] * len(heads)
+    priors = list(prior) if (multi and isinstance(prior, (list, tuple))) else [prior] * len(heads)
     if len(priors) != len(heads):
         raise ValueError(f"`prior` holds {len(priors)} vectors but `scores` has {len(heads)} heads")
-    r_host = [
-        check_prior(p, n_points, k, f" (head {t})" if multi else "")
-        for t, (p, k) in enumerate(zip(priors, n_clusters))
-    ]
-    c_host = check_weights(weights, n_local, allsum=B.allsum)
-    balanced = resolve_balanced(balanced, weights, n_points, n_local)
-    g0s = _warm_start(init, len(heads), lam, n_clusters)
-    for t, S in enumerate(heads):
-        where = f"scores[{t}]" if multi else "scores"
-        scan = B.scan(S)
-        if scan.nan_at is not None:
-            raise ValueError(f"`{where}` must not contain NaN; found one at {scan.nan_at}")
-        if scan.posinf_at is not None:
-            raise ValueError(f"`{where}` must not contain +inf; found one at {scan.posinf_at}")
-        if scan.dead_row is not None:
-            raise ValueError(
-                f"`{where}` row {scan.dead_row} is -inf for every cluster: "
-                "that point cannot be assigned"
-            )
-        needed = scan.dead_cols[r_host[t][scan.dead_cols] > 0]
-        if needed.size:
-            raise ValueError(
-                f"`{where}` column {int(needed[0])} is -inf for every point: that cluster "
-                f"cannot be reached ({needed.size} such cluster(s)); "
-                "give it prior 0 or fix the scores"
-            )
+    n_local = heads[0].shape[0]
+    if weights is not None:  # shape, finite, nonnegative here; the sum over processes in prepare
+        weights = check_weights(weights, n_local, allsum=_no_total)
+    warm = _warm_start(init, len(heads), lam, [h.shape[1] for h in heads])
+    return Arguments(
+        heads=heads, multi=multi, backend=B, device=device, lam=lam, tol=tol, max_iter=max_iter,
+        check_every=check_every, acceleration=acceleration, kernel=kernel, balanced=balanced,
+        callback=callback, priors=priors, weights=weights, warm=warm, started=started,
+    )  # fmt: skip
 
-    c = B.from_numpy(c_host, like=heads[0])
-    out_heads = []
-    for t, S in enumerate(heads):
-        r = B.from_numpy(r_host[t], like=S)
-        g0 = B.from_numpy(g0s[t], like=S)
-        memory = _ANDERSON_MEMORY if acceleration == "anderson" and every == 1 else 0
-        on_check = _checks(t, len(heads), tol, max_iter, callback)
-        sol = iterate(B, S, lam, c, r, g0, tol, max_iter, every, memory, stream, on_check)
-        target = integer_sizes(
-            n_points,
-            None
-            if prior is None
-            else r_host[t]
-            if not _is_int(priors[t])
-            else np.rint(r_host[t] * n_points).astype(np.int64),  # any library
-            S.shape[1],
+
+def _no_total(x: Any) -> np.ndarray:
+    """An ``allsum`` for :func:`check_weights` that leaves the weights unnormalised."""
+    return np.ones_like(np.asarray(x, dtype=np.float64))
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A problem ready to run: :func:`prepare`'s output, :func:`run`'s input.
+
+    Everything here is global (equal on every process of a shared solve) except the
+    scores and the point masses, which are this process's.
+    """
+
+    args: Arguments
+    scores: list  # the heads as the backend computes on them (its library, its device)
+    n_points: int  # over every process
+    point_masses: np.ndarray  # c: float64, this process's points, summing to 1 over all
+    cluster_masses: list  # r per head: float64, summing to 1
+    targets: list  # per head: the integer target sizes (see target_sizes)
+    flexible: list  # per head: no prior, so N // K or N // K + 1 chosen by the optimiser
+    balanced: bool
+    stream: bool
+    check_every: int
+    memory: int  # Anderson memory (0: plain Sinkhorn-Knopp)
+
+
+def prepare(args: Arguments, backend: Backend) -> Problem:
+    """Complete :func:`arguments` on ``backend``: the number of points, priors, point masses,
+    target sizes, whether labels are balanced, the stream decision, the scans of the scores.
+
+    No heavy work: one read of the scores (the scan) and their move to the backend. With a
+    backend shared by several processes (:mod:`sinklabel.distributed`) every step that needs
+    the other processes' points goes through its ``allsum`` / ``scan``, and every error
+    raised here is raised on every process alike.
+    """
+    B = backend
+    heads, multi = args.heads, args.multi
+    n_local = args.n_local
+    # N counts the points of every process sharing the solve (all of them are here in one)
+    n_points = int(B.allsum(np.array([n_local]))[0])
+    c_host, weighted = point_masses(args.weights, n_local, B)
+    balanced = resolve_balanced(args.balanced, args.weights if weighted else None, n_points, n_local)
+    scores = [B.adopt(S, args.device) for S in heads]
+    stream = _streams(B, scores, args.kernel)
+    every = B.checks_every(scores[0]) if args.check_every is None else args.check_every
+    if args.acceleration == "anderson" and args.check_every is None:
+        every = 1  # Anderson decides at every sweep; its 5-15x fewer sweeps outweigh the checks
+    memory = _ANDERSON_MEMORY if args.acceleration == "anderson" and every == 1 else 0
+    r_host, targets = [], []
+    for t, (p, S) in enumerate(zip(args.priors, scores)):
+        r = check_prior(p, n_points, S.shape[1], f" (head {t})" if multi else "")
+        r_host.append(r)
+        targets.append(target_sizes(n_points, p, r))
+    for t, S in enumerate(scores):
+        _check_scan(B.scan(S), f"scores[{t}]" if multi else "scores", r_host[t])
+    return Problem(
+        args=args, scores=scores, n_points=n_points, point_masses=c_host, cluster_masses=r_host,
+        targets=targets, flexible=[p is None for p in args.priors], balanced=balanced,
+        stream=stream, check_every=every, memory=memory,
+    )  # fmt: skip
+
+
+def point_masses(weights: np.ndarray | None, n_local: int, B: Backend) -> tuple[np.ndarray, bool]:
+    """The point masses ``c`` of this process's points, and whether they are weighted.
+
+    Weights equal to within 1e-12 (relative) over every process, e.g. ``np.ones(N)``, are
+    the default: uniform masses ``1/N`` exactly, reported as not weighted (so that balanced
+    labels, which count points, stay the default).
+    """
+    c = check_weights(weights, n_local, allsum=B.allsum)
+    if weights is None:
+        return c, False
+    n_points = int(B.allsum(np.array([n_local]))[0])
+    uneven = not bool(np.all(np.abs(c * n_points - 1.0) <= 1e-12))
+    if B.allsum(np.array([int(uneven)]))[0] > 0:
+        return c, True
+    return check_weights(None, n_local, allsum=B.allsum), False
+
+
+def target_sizes(n_points: int, prior: Any, r: np.ndarray) -> np.ndarray:
+    """The integer cluster sizes of one head (the one rule, for every path).
+
+    No prior: the equipartition (``N // K``, one more for the first ``N % K``; balanced
+    labels may move the extra points, see ``flexible``). Integer sizes: as given. A
+    probability prior: largest-remainder rounding of ``r * N`` (``r`` the checked prior).
+    """
+    if prior is None:
+        return integer_sizes(n_points, None, r.shape[0])
+    host = to_host(prior)
+    return integer_sizes(n_points, host if host.dtype.kind in "iu" else r, r.shape[0])
+
+
+def _check_scan(scan: Any, where: str, r: np.ndarray) -> None:
+    """Refuse what one read of a head's scores found (NaN, +inf, dead rows, needed dead columns)."""
+    if scan.nan_at is not None:
+        raise ValueError(f"`{where}` must not contain NaN; found one at {scan.nan_at}")
+    if scan.posinf_at is not None:
+        raise ValueError(f"`{where}` must not contain +inf; found one at {scan.posinf_at}")
+    if scan.dead_row is not None:
+        raise ValueError(
+            f"`{where}` row {scan.dead_row} is -inf for every cluster: that point cannot be assigned"
         )
-        bal = None
-        if balanced:
-            bal = balance_head(B, hosts[t], S, sol.log_v, lam, target, flexible=priors[t] is None)
-            target = bal.sizes if priors[t] is None else target
-            labels = B.from_numpy(bal.labels, like=S)
-        else:
+    needed = scan.dead_cols[r[scan.dead_cols] > 0]
+    if needed.size:
+        raise ValueError(
+            f"`{where}` column {int(needed[0])} is -inf for every point: that cluster "
+            f"cannot be reached ({needed.size} such cluster(s)); give it prior 0 or fix the scores"
+        )
+
+
+def run(problem: Problem, backend: Backend) -> Result:
+    """Solve a :class:`Problem` on ``backend`` (the one :func:`prepare` was given): the
+    Sinkhorn iteration of each head, then its labels (balanced, or the plan's argmax)."""
+    B, p, args = backend, problem, problem.args
+    home = args.heads[0]  # results go back to this array's library and device
+    lam, n_heads = args.lam, len(p.scores)
+    c_host = p.point_masses
+    c = B.from_numpy(c_host, like=p.scores[0])
+    out_heads, balanced_info = [], []
+    for t, S in enumerate(p.scores):
+        r = B.from_numpy(p.cluster_masses[t], like=S)
+        g0 = B.from_numpy(args.warm[t], like=S)
+        on_check = _checks(t, n_heads, args.tol, args.max_iter, args.callback)
+        sol = iterate(
+            B, S, lam, c, r, g0, args.tol, args.max_iter, p.check_every, p.memory, p.stream, on_check
+        )
+        certified = gap = None
+        if not p.balanced:
             labels = B.argmax(S, lam, sol.log_v)
+        elif B.exchange is None:
+            bal = balance_head(B, args.heads[t], S, sol.log_v, lam, p.targets[t], flexible=p.flexible[t])
+            labels, certified, gap = B.from_numpy(bal.labels, like=S), bal.certified, bal.gap
+        else:  # the points are spread over processes: the gather / auction / certificate protocol
+            from ._balanced_ranks import balance_head_over_ranks  # torch.distributed
+
+            got = balance_head_over_ranks(
+                B.exchange, args.heads[t], sol.log_v, lam, p.targets[t], p.flexible[t], B.counts
+            )
+            labels, certified, gap = B.from_numpy(got["labels"], like=S), got["certified"], got["gap"]
+            keys = ("rounds", "points_gathered", "scores_gathered", "status", "root_pairs_bytes")
+            balanced_info.append({key: got.get(key) for key in keys})
         picked = B.to_numpy(B.gather(S, labels))[c_host > 0]
         part = np.dot(c_host[c_host > 0], picked) if np.isfinite(picked).all() else -np.inf
         objective = -float(B.allsum(np.array([part]))[0])  # +inf where a label has S = -inf
@@ -350,37 +499,36 @@ def solve(
                 errors=np.asarray(sol.errors, dtype=np.float64),
                 objective=objective,
                 sizes=sizes,
-                target_sizes=target,
-                balanced=bal is not None,
-                certified=None if bal is None else bal.certified,
-                gap=None if bal is None else bal.gap,
+                # flexible sizes: the optimiser's choice, i.e. the sizes the labels have
+                target_sizes=sizes if p.balanced and p.flexible[t] else p.targets[t],
+                balanced=p.balanced,
+                certified=certified,
+                gap=gap,
             )
         )
     uncertified = [t for t, h in enumerate(out_heads) if h.balanced and not h.certified]
     if uncertified:
-        warnings.warn(uncertified_message(out_heads, uncertified), ConvergenceWarning, stacklevel=2)
+        warnings.warn(uncertified_message(out_heads, uncertified), ConvergenceWarning, stacklevel=3)
     failed = [t for t, h in enumerate(out_heads) if not h.converged]
     if failed:
         worst = max(out_heads[t].error for t in failed)
         warnings.warn(
             f"sinklabel: {len(failed)} of {len(out_heads)} head(s) did not converge within "
-            f"max_iter={max_iter} (marginal error {worst:.3g} > tol={tol:g}); increase "
+            f"max_iter={args.max_iter} (marginal error {worst:.3g} > tol={args.tol:g}); increase "
             "max_iter, relax tol, lower lam, or warm-start with init=",
             ConvergenceWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-    if multi:
-        labels = stack([h.labels for h in out_heads])
-    else:
-        labels = out_heads[0].labels
+    labels = stack([h.labels for h in out_heads]) if args.multi else out_heads[0].labels
     return Result(
         heads=tuple(out_heads),
         labels=labels,
         lam=lam,
-        tol=tol,
+        tol=args.tol,
         backend=B.name,
-        wall_time=time.perf_counter() - t0,
-        multi_head=multi,
+        wall_time=time.perf_counter() - args.started,
+        multi_head=args.multi,
+        extra={"balanced": balanced_info} if balanced_info else {},
     )
 
 
@@ -420,17 +568,6 @@ def _available_memory() -> int | None:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, ValueError, OSError):
         return None
-
-
-def _is_int(p: Any) -> bool:
-    if p is None:
-        return False
-    dtype = p.dtype if array_library(p) is not None else np.asarray(p).dtype
-    return str(dtype).replace("torch.", "").startswith(("int", "uint"))
-
-
-def _stack(arrays: list[Any], library: str) -> Any:  # until _balanced_ranks uses _arrays.stack
-    return stack(arrays)
 
 
 def assign(scores: Any, lam: float = 25.0, **kwargs: Any) -> Any:

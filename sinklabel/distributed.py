@@ -6,18 +6,18 @@ on NCCL, CUDA torch tensors), ``N = sum_r N_r``. The problem solved is the one o
 concatenated scores, in rank order.
 
 :func:`solve` / :func:`assign`
-    The single-process driver on every rank, with a backend that runs the rank's own
-    backend on its shard and all-reduces the cluster quantities (see
-    :mod:`sinklabel.backends._distributed`): one all-reduce of K floats per sweep, plus
-    a few scalars at each convergence check. Every rank takes the same decisions at
-    the same sweep and gets the labels (and ``log_u``) of its own points; ``log_v``,
-    ``sizes``, ``objective``, ``n_iter`` and ``converged`` are global and equal on every
-    rank. Masses are global: default point masses are ``1/N``, ``weights`` are
-    normalised by their sum over all ranks, equipartition and integer priors use the
-    global N.
-    With ``balanced=True``, exactly balanced labels over all ranks (the LP optimum of
-    the concatenated scores, certified): see :func:`solve` for the protocol, its
-    communication and rank 0's memory.
+    The single-process driver (:func:`sinklabel._driver.arguments`, ``prepare``, ``run``)
+    on every rank, with a backend that runs the rank's own backend on its shard and
+    all-reduces the cluster quantities (see :mod:`sinklabel.backends._distributed`): one
+    all-reduce of K floats per sweep, plus a few scalars at each convergence check. Every
+    rank takes the same decisions at the same sweep and gets the labels (and ``log_u``)
+    of its own points; ``log_v``, ``sizes``, ``objective``, ``n_iter`` and ``converged``
+    are global and equal on every rank. Masses are global: default point masses are
+    ``1/N``, ``weights`` are normalised by their sum over all ranks, equipartition and
+    integer priors use the global N. Same keywords and defaults as :func:`sinklabel.solve`:
+    labels are exactly balanced over all ranks by default (the balanced step's protocol is
+    :mod:`sinklabel._balanced_ranks`). This module adds only the communication: the
+    agreement of the arguments, the shard sizes, and the exchange itself.
 :func:`batch_codes`
     SwAV's Sinkhorn-Knopp codes for a batch (Caron et al. 2020), equipartitioned over
     the global batch, computed in the log domain (no ``exp(scores / temperature)``).
@@ -50,19 +50,9 @@ import torch
 import torch.distributed as dist
 
 from . import _driver
-from ._arrays import array_library, device_of
-from ._balanced_ranks import balance_over_ranks
+from ._arrays import array_library, device_of, to_host
 from ._result import ConvergenceWarning, Result
-from ._validate import (
-    _as_host_vector,
-    check_lam,
-    check_max_iter,
-    check_positive_float,
-    check_score_dtype,
-    split_heads,
-)
-from .backends import get_backend, pick_backend
-from .backends._base import Backend
+from ._validate import check_max_iter, check_positive_float
 from .backends._distributed import DistributedBackend, DistributedError, Exchange
 
 __all__ = ["solve", "assign", "batch_codes", "DistributedError"]
@@ -84,11 +74,27 @@ def _host_bytes(x: Any) -> bytes:
         return b"none"
     if array_library(x) is not None or isinstance(x, (list, tuple)):
         try:
-            arr = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x)
+            arr = to_host(x)
         except (TypeError, ValueError):
             return repr(type(x)).encode()
         return str(arr.dtype).encode() + str(arr.shape).encode() + arr.tobytes()
     return repr(x).encode()
+
+
+def _fingerprint(args: _driver.Arguments, weights_given: bool) -> int:
+    """A checksum of the arguments every rank must agree on (all but the shard itself,
+    its weights' values, and the callback)."""
+    heads = args.heads
+    where = str(args.device).split(":")[0] if args.device is not None else device_of(heads[0]).split(":")[0]
+    same = repr(
+        (args.multi, [h.shape[1] for h in heads], [str(h.dtype).replace("torch.", "") for h in heads],
+         args.lam, args.tol, args.max_iter, args.check_every, weights_given, args.backend.name, where,
+         args.balanced, args.kernel, args.acceleration)
+    ).encode()  # fmt: skip
+    fingerprint = 0
+    for part in [same, *(_host_bytes(p) for p in args.priors), *(g.tobytes() for g in args.warm)]:
+        fingerprint = zlib.crc32(part, fingerprint)
+    return fingerprint
 
 
 def solve(
@@ -103,139 +109,71 @@ def solve(
     backend: str = "auto",
     device: Any = None,
     check_every: int | None = None,
-    balanced: bool = False,
-    group: Any = None,
+    balanced: bool | None = None,
     acceleration: str | None = "anderson",
     kernel: str = "auto",
     callback: Any = None,
+    group: Any = None,
 ) -> Result:
     """:func:`sinklabel.solve` for the points of all ranks of a process group.
 
     Call it on every rank of ``group`` with that rank's points and the same arguments.
+    The keywords and their defaults are exactly :func:`sinklabel.solve`'s, plus ``group``;
+    the problem solved is that of the concatenated shards, in rank order.
 
     Parameters
     ----------
     scores : array of shape (n_local_points, n_clusters), (n_heads, n_local_points, n_clusters), or list
         This rank's shard of the scores (at least one point per rank).
     weights : array of shape (n_local_points,), optional
-        This rank's point masses; normalised by their sum over all ranks.
-    prior, init, lam, tol, max_iter, backend, device, check_every, acceleration
+        This rank's point masses; normalised by their sum over all ranks (equal weights on
+        every rank are the default, as in :func:`sinklabel.solve`).
+    balanced : bool or None, default None
+        As in :func:`sinklabel.solve`: by default exactly balanced labels over all ranks,
+        the LP optimum of the concatenated scores with exact global sizes, certified on
+        every rank (the protocol of :mod:`sinklabel._balanced_ranks`: candidates gathered
+        on rank 0 sparsely, never an N x K array); with point ``weights``, the argmax.
+    callback : callable, optional
+        As in :func:`sinklabel.solve`, called on every rank (the errors are global).
+    lam, tol, max_iter, prior, init, backend, device, check_every, acceleration, kernel
         As in :func:`sinklabel.solve`, and equal on every rank. Integer priors sum to the
         global number of points.
-    balanced : bool, default False
-        Exactly balanced labels, as in :func:`sinklabel.solve`: the global cluster sizes
-        are exactly the integer target sizes of the global N (the equipartition, with
-        ``N // K`` or ``N // K + 1`` when ``K`` does not divide ``N``; or the prior,
-        integer or rounded by largest remainder), and the labels are an optimal solution
-        of the LP over the concatenated scores, certified by a duality gap over all
-        N x K pairs. No ``weights``. After the distributed Sinkhorn solve (O(K) per
-        sweep), in rounds:
-
-        1. each rank sends rank 0 its points' best clusters under the current prices
-           (the Sinkhorn potentials ``-log_v / lam`` at first): 4 (cluster, score) pairs
-           per point, or the whole row where that is no longer (``K <= 8``), as float64
-           with the point's index: ``8 * (1 + 2 * 4)`` bytes per point when ``K > 8``;
-        2. rank 0 solves the balanced problem restricted to the pairs received so far
-           (:func:`sinklabel._balanced.balance`, warm-started from the prices; the
-           other pairs count as forbidden), all-reduces its prices (K + 1 floats) and
-           sends each rank its points' labels (8 bytes per point);
-        3. every rank checks the K reduced costs of each of its own points under those
-           prices (one pass over its shard) and the gap terms and cluster sizes are
-           all-reduced (K + 5 floats): the certificate covers all N x K pairs, and
-           rank 0 never reads the scores it was not sent. Certified: done. Otherwise
-           the points with a positive reduced cost are sent again with twice as many
-           clusters (whole rows eventually), and the next round starts; if the pairs
-           gathered admitted no labelling with the sizes (or not within the auction's
-           budget), every point is sent again with twice as many clusters. At most
-           16 rounds; past them, or once every row is on rank 0, the labels are
-           returned as they are (exactly balanced, ``certified=False`` and a
-           :class:`~sinklabel.ConvergenceWarning` if the gap is not closed).
-
-        One round is typical (the Sinkhorn prices are close to the optimal ones).
-        Memory: rank 0 holds an N x K array in the scores' dtype (the pairs received,
-        ``-inf`` elsewhere) and the auction's state (a few vectors of length N), so
-        rank 0 needs room for one copy of the global scores; the other ranks a few
-        vectors of their points. ``extra["balanced"]`` reports per head the rounds and
-        the points and scores sent to rank 0; ``extra["communication"]`` the bytes
-        (kinds ``balanced``: all-reduces; ``balanced_gather``: scores to rank 0;
-        ``balanced_scatter``: labels back).
     group : torch.distributed.ProcessGroup, optional
-        Default: the default group; without an initialised one, a single-process solve.
+        Default: the default group; without an initialised one, :func:`sinklabel.solve`.
 
     Returns
     -------
     Result
         ``labels`` and ``log_u`` of this rank's points; everything else global and equal
-        on every rank (with ``balanced``: ``sizes``, ``target_sizes``, ``objective``,
-        ``certified`` and ``gap`` included). ``extra["communication"]`` counts what this
-        rank all-reduced or sent (``bytes``) and received point-to-point
-        (``received_bytes``), and the calls, by kind: ``sweep``, ``decision``,
-        ``log_sweep``, ``scan``, ``setup``, and with ``balanced``, ``balanced``,
-        ``balanced_gather``, ``balanced_scatter``.
+        on every rank. ``extra["communication"]`` counts what this rank all-reduced or
+        sent (``bytes``) and received point-to-point (``received_bytes``), and the calls,
+        by kind: ``sweep``, ``decision``, ``log_sweep``, ``scan``, ``setup``, and for
+        balanced labels ``balanced``, ``balanced_gather``, ``balanced_scatter``;
+        ``extra["balanced"]`` per head the rounds and what was gathered on rank 0.
 
     Raises
     ------
     ValueError
         On every rank for bad input on any rank where the rule is global, or arguments
-        that differ between ranks (``balanced`` included).
+        that differ between ranks.
     DistributedError
         On the other ranks when a rank failed, on every rank when a rank produced NaN or
         the exchange broke (a rank died, or hung past the group's timeout).
     """
-    world = _group_size(group)
-    kwargs: dict[str, Any] = dict(
-        tol=tol, max_iter=max_iter, prior=prior, weights=weights, init=init, device=device,
-        check_every=check_every, acceleration=acceleration, kernel=kernel, callback=callback,
+    options = dict(
+        tol=tol, max_iter=max_iter, prior=prior, weights=weights, init=init, backend=backend,
+        device=device, check_every=check_every, balanced=balanced, acceleration=acceleration,
+        kernel=kernel, callback=callback,
     )  # fmt: skip
-    if world == 1:
-        if balanced:
-            kwargs["balanced"] = True
-        return _driver.solve(scores, lam, backend=backend, **kwargs)
-
+    if _group_size(group) == 1:
+        return _driver.solve(scores, lam, **options)
     ex = Exchange(group)
-    # Every check the driver makes on this rank alone, made here before the first exchange,
-    # so that a failure is announced to the other ranks instead of leaving them waiting.
-    fingerprint = 0
-    n_local = 0
-    inner: Backend | None = None
-    heads: list = []
-    multi = False
+    # every check one rank can make alone, before the first exchange: a failure is announced
+    # to the other ranks there instead of leaving them waiting
+    args, fingerprint, n_local = None, 0, 0
     try:
-        lam = check_lam(lam)
-        check_positive_float(tol, "tol")
-        check_max_iter(max_iter)
-        if check_every is not None:
-            check_max_iter(check_every, "check_every")
-        if not isinstance(balanced, (bool, np.bool_)):
-            raise TypeError(f"`balanced` must be True or False; got {type(balanced).__name__}")
-        if balanced and weights is not None:
-            raise ValueError(
-                "`weights` is not supported with balanced=True: balanced labels count points "
-                "(sizes are numbers of points); drop the weights or use balanced=False"
-            )
-        heads, multi, library = split_heads(scores)
-        if device is not None and not isinstance(device, str) and type(device).__name__ != "device":
-            raise TypeError(f"`device` must be a string such as 'cuda:0'; got {type(device).__name__}")
-        if isinstance(backend, Backend):
-            inner = backend
-        else:
-            inner = get_backend(pick_backend(library, device) if backend == "auto" else backend)
-        for t, S in enumerate(heads):
-            check_score_dtype(S, f"scores[{t}]" if multi else "scores")
-        n_local = heads[0].shape[0]
-        if weights is not None:
-            _as_host_vector(weights, "weights", n_local)
-        n_clusters = [h.shape[1] for h in heads]
-        g0s = _driver._warm_start(init, len(heads), lam, n_clusters)
-        where = str(device).split(":")[0] if device is not None else device_of(heads[0]).split(":")[0]
-        same = repr(
-            (multi, n_clusters, [str(h.dtype).replace("torch.", "") for h in heads], lam, float(tol),
-             max_iter, check_every, weights is None, inner.name, where, bool(balanced), kernel,
-             acceleration)
-        ).encode()  # fmt: skip
-        priors = prior if isinstance(prior, (list, tuple)) else [prior]
-        for part in [same, *(_host_bytes(p) for p in priors), *(g.tobytes() for g in g0s)]:
-            fingerprint = zlib.crc32(part, fingerprint)
+        args = _driver.arguments(scores, lam, **options)
+        fingerprint, n_local = _fingerprint(args, weights is not None), args.n_local
     except Exception as exc:
         ex.fail(exc)
     # one exchange: failures, the arguments' fingerprint (max and -min), the shard sizes
@@ -248,16 +186,13 @@ def solve(
         raise ValueError(
             "every rank must call sinklabel.distributed.solve with the same arguments "
             "(lam, tol, max_iter, check_every, prior, init, backend, device type, n_clusters, "
-            "dtypes, and weights given or not); they differ between ranks"
+            "dtypes, balanced, kernel, acceleration, and weights given or not); they differ "
+            "between ranks"
         )
-    assert inner is not None
-    counts = out[2 : 2 + ex.world].astype(np.int64)
-    B = DistributedBackend(inner, ex, offset=int(counts[: ex.rank].sum()))
-    res = _driver.solve(scores, lam, backend=B, balanced=False, **kwargs)  # Sinkhorn, argmax
-    extra = dict(res.extra)
-    if balanced:
-        res, extra["balanced"] = balance_over_ranks(res, heads, prior, multi, counts, ex)
-    return dataclasses.replace(res, extra={**extra, "communication": ex.stats()})
+    assert args is not None
+    B = DistributedBackend(args.backend, ex, counts=out[2 : 2 + ex.world].astype(np.int64))
+    res = _driver.run(_driver.prepare(args, B), B)
+    return dataclasses.replace(res, extra={**res.extra, "communication": ex.stats()})
 
 
 def assign(scores: Any, lam: float = 25.0, **kwargs: Any) -> Any:

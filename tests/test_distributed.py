@@ -119,6 +119,23 @@ BALANCED = {
 }
 PROBLEMS.update(BALANCED)
 
+# default arguments (balanced labels) on 2, 3 and 4 ranks with uneven shards
+DEFAULT = {
+    "def2": dict(ranks=[0, 1], n=451, k=9, kind="realistic", seed=31, sizes=[97, 354], lam=25.0),
+    "def3": dict(ranks=[0, 1, 2], n=620, k=12, kind="collapsed", seed=32, sizes=[300, 1, 319], lam=10.0),
+    "def4": dict(
+        ranks=[0, 1, 2, 3],
+        n=733,
+        k=16,
+        kind="realistic",
+        seed=33,
+        sizes=[5, 400, 200, 128],
+        lam=25.0,
+        torch=True,
+    ),
+}
+PROBLEMS.update(DEFAULT)
+
 
 def problem_data(name):
     p = PROBLEMS[name]
@@ -249,7 +266,9 @@ def scenario_comm(rank, group):
         for n, k in [(100, 8), (1000, 8), (100, 64)]:
             S = make_scores(2 * n, k, seed=k)
             counted.update(bytes=0, calls=0)
-            res = sd.solve(shards(S, [n, n], rank), lam=10.0, max_iter=MAX_ITER_COMM, group=group)
+            res = sd.solve(
+                shards(S, [n, n], rank), lam=10.0, max_iter=MAX_ITER_COMM, balanced=False, group=group
+            )
             out.append(dict(n=n, k=k, n_iter=res.n_iter, ours=res.extra["communication"], **counted))
     finally:
         dist.all_reduce = original
@@ -329,7 +348,44 @@ def scenario_balanced(name, rank, group):
 
 def scenario_balanced_weights(rank, group):
     S, kw = local_problem("eq4", rank)
-    return sd.solve(S, balanced=True, weights=np.ones(S.shape[0]), group=group, **kw)
+    weights = np.linspace(1.0, 2.0, S.shape[0]) if rank == 1 else np.ones(S.shape[0])
+    return sd.solve(S, balanced=True, weights=weights, group=group, **kw)
+
+
+def scenario_uniform_weights(rank, group):
+    """Equal weights on every rank are the default: balanced labels, as without weights."""
+    S, kw = local_problem("eq2", rank)
+    a = sd.solve(S, weights=np.full(S.shape[0], 0.25), group=group, **kw)
+    b = sd.solve(S, group=group, **kw)
+    return dict(balanced=a.heads[0].balanced, same=bool(np.array_equal(host(a.labels), host(b.labels))))
+
+
+def scenario_default(name, rank, group):
+    """Default arguments, uneven shards: the labels of sinklabel.assign on the concatenation."""
+    S, kw = local_problem(name, rank)
+    res = sd.solve(S, group=group, **kw)
+    return dict(
+        labels=host(res.labels),
+        balanced=[h.balanced for h in res.heads],
+        certified=[h.certified for h in res.heads],
+    )
+
+
+def scenario_streamed(rank, group):
+    """kernel="streamed" across ranks: no kernel stored, the same solve."""
+    S, kw = local_problem("eq2", rank)
+    stored = sd.solve(S, kernel="stored", balanced=False, group=group, **kw)
+    streamed = sd.solve(S, kernel="streamed", balanced=False, group=group, **kw)
+    return dict(stored=summary(stored), streamed=summary(streamed))
+
+
+def scenario_callback(rank, group):
+    S, kw = local_problem("eq2", rank)
+    seen = []
+    res = sd.solve(S, callback=seen.append, group=group, **kw)
+    return dict(
+        errors=[i.error for i in seen], n_iter=[i.n_iter for i in seen], result_errors=res.heads[0].errors
+    )
 
 
 def scenario_balanced_differs(rank, group):
@@ -403,6 +459,12 @@ SCENARIOS = [
     ("bal3", "g3", lambda r, g: scenario_balanced("bal3", r, g)),
     ("bal4", None, lambda r, g: scenario_balanced("bal4", r, g)),
     ("balanced_weights", None, scenario_balanced_weights),
+    ("uniform_weights", "g2", scenario_uniform_weights),
+    ("def2", "g2", lambda r, g: scenario_default("def2", r, g)),
+    ("def3", "g3", lambda r, g: scenario_default("def3", r, g)),
+    ("def4", None, lambda r, g: scenario_default("def4", r, g)),
+    ("streamed", "g2", scenario_streamed),
+    ("callback", "g2", scenario_callback),
     ("balanced_differs", None, scenario_balanced_differs),
     ("balanced_root_fails", "g3", scenario_balanced_fails(0, "balance")),
     ("balanced_rank_fails", "g3", scenario_balanced_fails(2, "certificate_terms")),
@@ -496,7 +558,6 @@ def single_process(name, **extra):
     S, kw = problem_data(name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", sinklabel.ConvergenceWarning)
-        extra.setdefault("balanced", False)  # the argmax labels, unless asked
         return S, kw, sinklabel.solve(torch.from_numpy(S) if p.get("torch") else S, **kw, **extra)
 
 
@@ -667,6 +728,43 @@ def test_balanced_communication(session):
     assert outs[0]["info"][0]["points_gathered"] >= 503
 
 
+@pytest.mark.parametrize("name", sorted(DEFAULT))
+def test_default_labels_are_sinklabel_assign_of_the_concatenation(session, name):
+    """balanced=None across ranks: exactly balanced labels wherever defined, the same as
+    sinklabel.assign of the concatenated scores on every point."""
+    p = PROBLEMS[name]
+    S, kw = problem_data(name)
+    ref = host(sinklabel.assign(torch.from_numpy(S) if p.get("torch") else S, **kw))
+    outs = [ok(session, name, r) for r in p["ranks"]]
+    assert all(o["balanced"] == [True] and o["certified"] == [True] for o in outs)
+    np.testing.assert_array_equal(np.concatenate([o["labels"] for o in outs]), ref)
+
+
+def test_uniform_weights_are_the_default_across_ranks(session):
+    for r in (0, 1):
+        got = ok(session, "uniform_weights", r)
+        assert got["balanced"] and got["same"]
+
+
+def test_streamed_kernel_across_ranks_equals_the_stored_one(session):
+    for r in (0, 1):
+        got = ok(session, "streamed", r)
+        a, b = got["stored"], got["streamed"]
+        np.testing.assert_allclose(b["log_v"][0], a["log_v"][0], atol=1e-6)
+        assert b["converged"] and abs(b["n_iter"][0] - a["n_iter"][0]) <= 2
+        assert b["comm"]["bytes"]["sweep"] == b["comm"]["calls"]["sweep"] * 8 * (6 + 3)  # K + 3 floats
+    np.testing.assert_array_equal(
+        ok(session, "streamed", 0)["streamed"]["log_v"][0], ok(session, "streamed", 1)["streamed"]["log_v"][0]
+    )
+
+
+def test_callback_on_every_rank_sees_the_global_errors(session):
+    outs = [ok(session, "callback", r) for r in (0, 1)]
+    for o in outs:
+        assert o["errors"] == list(o["result_errors"]) and o["n_iter"] == sorted(o["n_iter"])
+    assert outs[0]["errors"] == outs[1]["errors"]
+
+
 def test_balanced_refuses_weights_on_every_rank(session):
     for r in range(WORLD):
         kind, msg, _ = raised(session, "balanced_weights", r)
@@ -732,15 +830,30 @@ def test_a_dead_rank_stops_every_other_rank(session):
 # -- without a process group --------------------------------------------------------------
 
 
-def test_without_a_process_group_it_is_the_single_process_solve():
+@pytest.mark.parametrize("balanced", [None, False, True])
+def test_without_a_process_group_it_is_the_single_process_solve(balanced):
     assert not dist.is_initialized()
     S = make_scores(300, 5, seed=4)
-    a, b = sd.solve(S, lam=10), sinklabel.solve(S, lam=10)
+    a, b = sd.solve(S, lam=10, balanced=balanced), sinklabel.solve(S, lam=10, balanced=balanced)
+    assert a.heads[0].balanced == b.heads[0].balanced == (balanced is not False)
     np.testing.assert_array_equal(a.labels, b.labels)
     np.testing.assert_array_equal(a.log_v, b.log_v)
-    np.testing.assert_array_equal(sd.assign(S, lam=10), b.labels)
+    np.testing.assert_array_equal(sd.assign(S, lam=10, balanced=balanced), b.labels)
+    if balanced is False:  # the plan's argmax
+        np.testing.assert_array_equal(a.labels, np.argmax(10 * S + a.log_v, axis=1))
     with pytest.raises(ValueError, match="`group` was given but torch.distributed is not initialised"):
         sd.solve(S, group=object())
+
+
+def test_distributed_keywords_are_solves_plus_group():
+    """Exactly the keywords of sinklabel.solve / assign, with the same defaults, plus group."""
+    import inspect
+
+    ours = dict(inspect.signature(sd.solve).parameters)
+    assert ours.pop("group").default is None
+    theirs = inspect.signature(sinklabel.solve).parameters
+    assert list(ours) == list(theirs)
+    assert all(ours[k].default == theirs[k].default and ours[k].kind == theirs[k].kind for k in ours)
 
 
 def test_a_new_backend_primitive_must_be_taught_to_the_wrapper(monkeypatch):

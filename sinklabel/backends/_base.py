@@ -79,6 +79,10 @@ class Backend:
     #: whether ``stream_sweep`` is implemented (``kernel="streamed"``)
     supports_stream: bool = False
     xp: Any = np
+    #: a backend shared by the processes of a group (:mod:`sinklabel.distributed`): its
+    #: ``Exchange`` and every process's number of points in rank order; None in one process
+    exchange: Any = None
+    counts: Any = None
 
     # -- conversions ------------------------------------------------------------------
     def owns(self, S: Any) -> bool:

@@ -208,14 +208,15 @@ class Exchange:
 class DistributedBackend(Backend):
     """``inner`` on this rank's shard, cluster quantities combined over ``exchange.group``.
 
-    ``offset`` is the global index of this rank's first point (rank order), used in error
-    messages. ``verify=True`` also reduces the decisions taken on cluster vectors and
+    ``counts`` is every rank's number of points in rank order (from the setup exchange of
+    :mod:`sinklabel.distributed`); ``offset``, the global index of this rank's first point,
+    is used in error messages. ``verify=True`` also reduces the decisions taken on cluster vectors and
     raises if the ranks disagree (a test of the invariant in the module docstring).
     """
 
     check_every = 1
 
-    def __init__(self, inner: Backend, exchange: Exchange, offset: int = 0, verify: bool = False):
+    def __init__(self, inner: Backend, exchange: Exchange, counts: Any = None, verify: bool = False):
         unknown = [
             name
             for name, _ in inspect.getmembers(Backend, inspect.isfunction)
@@ -226,8 +227,9 @@ class DistributedBackend(Backend):
                 f"sinklabel.distributed does not know how to combine Backend.{unknown[0]} over ranks"
             )
         self.inner = inner
-        self.ex = exchange
-        self.offset = offset
+        self.exchange = exchange
+        self.counts = None if counts is None else np.asarray(counts, dtype=np.int64)
+        self.offset = 0 if counts is None else int(self.counts[: exchange.rank].sum())
         self.verify = verify
         self.name = f"{inner.name} over {exchange.pg_name} ({exchange.world} ranks)"
         self.library = inner.library
@@ -255,11 +257,11 @@ class DistributedBackend(Backend):
 
     # -- local work, failures kept for the next exchange -------------------------------
     def _local(self, fn: Any, *args: Any, dummy: Any) -> Any:
-        if not self.ex.failed:
+        if not self.exchange.failed:
             try:
                 return fn(*args)
             except Exception as exc:
-                self.ex.fail(exc)
+                self.exchange.fail(exc)
         return dummy()
 
     def _seen(self, S: Any) -> None:
@@ -270,13 +272,17 @@ class DistributedBackend(Backend):
 
     def checks_every(self, S: Any) -> int:
         every = self._local(self.inner.checks_every, S, dummy=lambda: 1)
-        out = self.ex.reduce(np.array([every]), "max", "setup")
-        self.ex.check()
+        out = self.exchange.reduce(np.array([every]), "max", "setup")
+        self.exchange.check()
         return int(out[0])
 
     def build_kernel(self, S: Any, lam: float, a: Any, b: Any, out: Any = None) -> Any:
         self._seen(S)
         return self._local(self.inner.build_kernel, S, lam, a, b, out, dummy=lambda: S)
+
+    def rescale_kernel(self, Kmat: Any, row_log: Any, col_log: Any) -> Any:
+        # the kernel's rows are this rank's; no exchange
+        return self._local(self.inner.rescale_kernel, Kmat, row_log, col_log, dummy=lambda: Kmat)
 
     def argmax(self, S: Any, lam: float, g: Any) -> Any:
         self._seen(S)
@@ -302,8 +308,8 @@ class DistributedBackend(Backend):
             msg[2] = self.offset + local.dead_row
         msg[3:] = 0.0
         msg[3 + local.dead_cols] = 1.0
-        out = self.ex.reduce(msg, "min", "scan").cpu().numpy()
-        self.ex.check()
+        out = self.exchange.reduce(msg, "min", "scan").cpu().numpy()
+        self.exchange.check()
 
         def at(v: float) -> tuple[int, int] | None:
             return None if v >= _NO_INDEX else (int(v) // k, int(v) % k)
@@ -320,10 +326,10 @@ class DistributedBackend(Backend):
 
         a, col = self._local(self.inner.log_sweep, S, lam, g, log_c, dummy=dummy)
         # no valid input gives NaN here (rows reach a cluster, scores were scanned)
-        nan = self.ex.wire(self.xp.isnan(col).any() | self.xp.isnan(a).any())
-        top = self.ex.reduce(col, "max", "log_sweep", nan=nan)
+        nan = self.exchange.wire(self.xp.isnan(col).any() | self.xp.isnan(a).any())
+        top = self.exchange.reduce(col, "max", "log_sweep", nan=nan)
         shift = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-        total = self.ex.reduce(torch.exp(self.ex.wire(col) - shift), "sum", "log_sweep")
+        total = self.exchange.reduce(torch.exp(self.exchange.wire(col) - shift), "sum", "log_sweep")
         lse = torch.where(total > 0, torch.log(total) + shift, torch.full_like(total, -np.inf))
         return a, self._back(lse, like=g)
 
@@ -335,8 +341,8 @@ class DistributedBackend(Backend):
 
         u, acc = self._local(self.inner.sweep, Kmat, v, c, dummy=dummy)
         # the count of non-finite u rides along: all_finite(u) then needs no exchange
-        bad_u = self.ex.wire(~self.xp.isfinite(u).all()).reshape(1)
-        total = self.ex.reduce(torch.cat([self.ex.wire(acc), bad_u]), "sum", "sweep")
+        bad_u = self.exchange.wire(~self.xp.isfinite(u).all()).reshape(1)
+        total = self.exchange.reduce(torch.cat([self.exchange.wire(acc), bad_u]), "sum", "sweep")
         self._u, self._u_bad = u, total[-1]
         return u, self._back(total[:-1], like=v)
 
@@ -353,8 +359,8 @@ class DistributedBackend(Backend):
 
         a_next, mass = self._local(self.inner.stream_sweep, S, lam, a, g, c, dummy=dummy)
         # as in sweep: the count of non-finite row potentials rides along with the masses
-        bad = self.ex.wire(~self.xp.isfinite(a_next).all()).reshape(1)
-        total = self.ex.reduce(torch.cat([self.ex.wire(mass), bad]), "sum", "sweep")
+        bad = self.exchange.wire(~self.xp.isfinite(a_next).all()).reshape(1)
+        total = self.exchange.reduce(torch.cat([self.exchange.wire(mass), bad]), "sum", "sweep")
         self._u, self._u_bad = a_next, total[-1]
         return a_next, self._back(total[:-1], like=g)
 
@@ -364,13 +370,13 @@ class DistributedBackend(Backend):
 
     def max_float(self, x: Any) -> float:
         if self._is_cluster_vector(x) and not self.verify:
-            self.ex.check()
+            self.exchange.check()
             return self.inner.max_float(x)
         local = self._local(self.inner.max_float, x, dummy=lambda: -np.inf)
         is_nan = float(np.isnan(local))
         # MAX of (max, -min) for the verification; NaN anywhere makes the answer NaN
-        out = self.ex.reduce(np.array([-np.inf if is_nan else local, is_nan]), "max", "decision")
-        self.ex.check()
+        out = self.exchange.reduce(np.array([-np.inf if is_nan else local, is_nan]), "max", "decision")
+        self.exchange.check()
         best, any_nan = (float(v) for v in out.cpu())
         if self.verify and self._is_cluster_vector(x):
             self._agree(local)
@@ -378,28 +384,28 @@ class DistributedBackend(Backend):
 
     def all_finite(self, x: Any) -> bool:
         if x is self._u:  # the last sweep's u (a): its finiteness was exchanged with acc
-            self.ex.check()
+            self.exchange.check()
             return float(self._u_bad) == 0.0
         if self._is_cluster_vector(x) and not self.verify:
-            self.ex.check()
+            self.exchange.check()
             return self.inner.all_finite(x)
         local = self._local(self.inner.all_finite, x, dummy=lambda: True)
-        out = self.ex.reduce(np.array([0.0 if local else 1.0]), "max", "decision")
-        self.ex.check()
+        out = self.exchange.reduce(np.array([0.0 if local else 1.0]), "max", "decision")
+        self.exchange.check()
         if self.verify and self._is_cluster_vector(x):
             self._agree(float(local))
         return float(out[0]) == 0.0
 
     def _agree(self, value: float) -> None:
         v = np.nan_to_num(np.array([value, -value]), nan=1e300)
-        out = self.ex.reduce(v, "max", "verify").cpu().numpy()
+        out = self.exchange.reduce(v, "max", "verify").cpu().numpy()
         if out[0] != -out[1]:
             raise AssertionError(f"ranks took different values for one decision: {out[0]} / {-out[1]}")
 
     def allsum(self, x: Any) -> np.ndarray:
         x = np.asarray(x)
-        out = self.ex.reduce(x.astype(np.float64), "sum", "setup").cpu().numpy()
-        self.ex.check()
+        out = self.exchange.reduce(x.astype(np.float64), "sum", "setup").cpu().numpy()
+        self.exchange.check()
         out = out.reshape(x.shape)
         return np.rint(out).astype(x.dtype) if x.dtype.kind in "iu" else out
 
