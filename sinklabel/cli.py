@@ -245,13 +245,89 @@ def _save_atomic(path: Path, result: Result, names: list[str] | None) -> None:
 # -- commands ---------------------------------------------------------------------------
 
 
-def _head_names(result: Result, names: list[str] | None, which: list[int]) -> str:
+def _head_names(names: list[str] | None, which: list[int]) -> str:
     return ", ".join(repr(names[t]) if names is not None else str(t) for t in which)
 
 
 def _warn(message: str, args: argparse.Namespace) -> None:
     if not args.quiet:
         print(f"sinklabel: warning: {message}", file=sys.stderr)
+
+
+class _Progress:
+    """A progress bar per head on stderr, for a terminal: how far the marginal error has come
+    from its first value down to ``tol``, on a log scale (the error falls geometrically), with
+    the iteration and the error beside it. tqdm draws it where installed, else one line."""
+
+    def __init__(self) -> None:
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            tqdm = None
+        self._tqdm = tqdm
+        self._bar: Any = None
+        self._head = -1
+        self._first = 1.0
+
+    def __call__(self, info: Any) -> None:
+        if info.head != self._head:
+            self.close()
+            self._head, self._first = info.head, max(float(info.error), info.tol * 10)
+        done = math.log(self._first / max(info.error, 1e-300)) / math.log(self._first / info.tol)
+        percent = int(100 * min(max(done, 0.0), 1.0))
+        text = f"iteration {info.n_iter}, error {info.error:.2e} (tol {info.tol:g})"
+        if self._bar is None:
+            desc = f"head {info.head + 1}/{info.n_heads}"
+            if self._tqdm is None:
+                self._bar = desc
+            else:
+                cols, rows = _terminal_size()
+                self._bar = self._tqdm(
+                    total=100,
+                    initial=percent,
+                    desc=desc,
+                    postfix=text,
+                    file=sys.stderr,
+                    leave=False,
+                    mininterval=0.2,
+                    ncols=cols,
+                    nrows=rows,
+                    bar_format="{desc} {percentage:3.0f}%|{bar:20}| {elapsed}{postfix}",
+                )
+                return
+        if self._tqdm is not None:
+            self._bar.set_postfix_str(text, refresh=False)
+            self._bar.update(percent - self._bar.n)
+        else:
+            sys.stderr.write(f"\r{self._bar} {percent:3d}% {text}   ")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self._bar is None:
+            return
+        if self._tqdm is not None:
+            self._bar.close()
+        else:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+        self._bar = None
+
+
+def _terminal_size() -> tuple[int, int]:
+    """stderr's columns and lines; 100 x 24 where the terminal reports none (a fresh pty says
+    0 x 0, with which tqdm would draw nothing)."""
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return 100, 24
+    return size.columns or 100, size.lines or 24
+
+
+def _progress(args: argparse.Namespace) -> _Progress | None:
+    """A progress display when stderr is a terminal and -q is not given (never in pipes)."""
+    if args.quiet or not sys.stderr.isatty():
+        return None
+    return _Progress()
 
 
 def _cmd_assign(args: argparse.Namespace) -> int:
@@ -262,16 +338,22 @@ def _cmd_assign(args: argparse.Namespace) -> int:
     scores, names = _load_scores(scores_path, args.heads)
     if isinstance(scores, np.ndarray) and scores.ndim == 3:
         logging.getLogger("sinklabel").info("3-D input: solving %d heads", scores.shape[0])
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        res = solve(
-            scores,
-            args.lam,
-            tol=args.tol,
-            max_iter=args.max_iter,
-            backend=args.backend,
-            balanced=args.balanced,
-        )
+    progress = _progress(args)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            res = solve(
+                scores,
+                args.lam,
+                tol=args.tol,
+                max_iter=args.max_iter,
+                backend=args.backend,
+                balanced=args.balanced,
+                callback=progress,
+            )
+    finally:
+        if progress is not None:
+            progress.close()
     _save_atomic(out, res, names)
     # the library's warnings, said once each in the command line's terms
     for w in caught:
@@ -281,7 +363,7 @@ def _cmd_assign(args: argparse.Namespace) -> int:
     if failed:
         worst = max(res.heads[t].error for t in failed)
         _warn(
-            f"head(s) {_head_names(res, names, failed)} did not converge within --max-iter "
+            f"head(s) {_head_names(names, failed)} did not converge within --max-iter "
             f"{args.max_iter} (marginal error {worst:.3g} > --tol {args.tol:g}); labels written; "
             "raise --max-iter, relax --tol or lower --lam",
             args,
@@ -290,7 +372,7 @@ def _cmd_assign(args: argparse.Namespace) -> int:
     if uncertified:
         gap = max(res.heads[t].gap for t in uncertified)
         _warn(
-            f"balanced labels of head(s) {_head_names(res, names, uncertified)} are exactly "
+            f"balanced labels of head(s) {_head_names(names, uncertified)} are exactly "
             f"balanced but not certified optimal (duality gap per point {gap:.3g}); labels written",
             args,
         )
