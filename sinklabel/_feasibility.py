@@ -99,7 +99,6 @@ def check_feasible(
     lo = np.asarray(lo, dtype=np.float64)
     hi = lo if hi is None else np.asarray(hi, dtype=np.float64)
     c = np.asarray(c, dtype=np.float64)
-    n, k = S.shape
     if neginf is None:
         neginf = has_neginf(S)
     if not neginf:
@@ -143,7 +142,7 @@ class _Problem:
             else:
                 self.reach += self.c[blk] @ X.astype(np.float32)
             allowed = X if all_open else X & open_
-            ok = allowed.any(axis=1)
+            ok = allowed.any(axis=1) | (self.c[blk] == 0)  # a massless point needs no cluster
             if not ok.all():
                 stranded.extend((blk.start + np.flatnonzero(~ok)).tolist()[:_SHOW])
             # the point's target cluster if allowed, else the first allowed one after it,
