@@ -111,6 +111,21 @@ def test_resume_after_label_step_gives_the_same_final_labels(tmp_path):
     assert resumed["knn_test"] == full["knn_test"]
 
 
+def test_first_label_step_of_a_default_run_leaves_no_cluster_empty(tmp_path):
+    # label step 0 runs on the untrained network, whose scores are nearly uniform: the argmax of
+    # the plan can leave clusters empty (on this tiny config with --no-balanced: sizes 6...63 for
+    # K = 10 and 0...57 for K = 50); the default labels must use every cluster of every head
+    ks = (10, 50)
+    with pytest.raises(StopRequested):
+        run(tiny(tmp_path / "run", num_clusters=ks, stop_after_label_step=0))
+    assert Config().balanced == tiny(tmp_path).balanced  # the tiny config keeps the default rule
+    labels, got = read_labels(tmp_path / "run" / "labels" / "step_000.npz")
+    assert got == ks and labels.shape == (2, 256)
+    for row, k in zip(labels, ks):
+        sizes = np.bincount(row, minlength=k)
+        assert sizes.min() > 0, (k, sizes)
+
+
 def test_nuisance_explained_variance_and_statistics():
     from examples.sela_train.nuisance import explained, image_statistics
 
@@ -158,6 +173,42 @@ def test_compare_keeps_every_finished_row_and_aggregates_seeds(tmp_path):
     assert compare.main(["--out", str(other), "--study", "main", "--report-only"]) == 0
     lines = compare.aggregate([out, other]).splitlines()
     assert lines[2] == (
-        "| SeLa | 2 | 45.0 ± 7.1 | 50.0 ± 0.0 | 0.100 ± 0.000 | 0.050 ± 0.000 | 0.020 ± 0.000 | 20.0 ± 0.0 |"
+        "| SeLa | 2 | 45.0 ± 7.1 | 50.0 ± 0.0 | 0.100 ± 0.000 | 0.050 ± 0.000 | 0.020 ± 0.000 | 20.0 ± 0.0 "
+        "| – |"
     )
     assert lines[3].startswith("| SeLa T=1 | 1 | 30.0 | 50.0 |")
+
+
+def test_compare_cluster_sizes_and_budget_points(tmp_path):
+    from examples.sela_train import compare
+    from examples.sela_train.config import Config
+
+    hist = [
+        dict(step=0, epoch=0.0, size_min=[3, 0, 1], size_max=[40, 9, 8]),
+        dict(step=1, epoch=1.5, size_min=[9, 2, 2], size_max=[12, 5, 6]),
+    ]
+    row = dict(name="SeLa", num_clusters=[10, 50, 50], history=hist)
+    lines = compare.sizes_summary([("a", row)]).splitlines()
+    assert lines[0] == (
+        "| run | step 0, K=10 | step 0, K=50 | all steps, K=10 | all steps, K=50 "
+        "| steps with an empty cluster |"
+    )
+    assert lines[2] == "| a | 3…40 | 0…9 | 3…40 | 0…9 | 1 of 2 |"
+    assert compare.sizes_table(row).splitlines()[3] == "| 1 | 1.50 | 9…12 | 2…5 | 2…6 |"
+
+    # the budget curve takes the rows whose config is the default but for epochs and label steps
+    # scaled alike (16 per 30 epochs); a SeLa row with the other label rule is not on it
+    default = Config().balanced
+    rows = {
+        "A": dict(mode="sela", epochs=60, label_steps=32),
+        "B": dict(mode="kmeans", epochs=30, label_steps=16, balanced=not default),
+        "C": dict(mode="sela", epochs=30, label_steps=16, balanced=not default),
+        "D": dict(mode="sela", epochs=60, label_steps=16),
+    }
+    by = {}
+    for n, kw in rows.items():
+        (tmp_path / n.lower()).mkdir()
+        Config(**kw).save(tmp_path / n.lower() / "config.json")
+        by[n] = dict(name=n)
+    got = [(m, ep, r["name"]) for m, ep, r in compare.budget_points(tmp_path, by)]
+    assert got == [("SeLa", 60, "A"), ("k-means in the loop", 30, "B")]

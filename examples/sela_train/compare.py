@@ -36,8 +36,29 @@ ROWS = {
         ("SeLa T=1", ["--num-clusters", "10"]),
         ("SeLa T=5, all K=10", ["--num-clusters", "10", "10", "10", "10", "10"]),
     ],
-    "balanced": [
+    # the two label rules of the label step, each named explicitly (whatever the default)
+    "labels": [
         ("SeLa, balanced labels", ["--balanced"]),
+        ("SeLa, argmax labels", ["--no-balanced"]),
+    ],
+    # the budget curve: epochs and label steps scaled alike (30 epochs / 16 steps is the default);
+    # the 30-epoch SeLa point is the labels study's row with the default label rule
+    "budget_30": [
+        ("k-means in the loop", ["--mode", "kmeans"]),
+        ("raw pixels", None),
+    ],
+    "budget_60": [
+        ("SeLa, 60 epochs", ["--epochs", "60", "--label-steps", "32"]),
+        ("k-means, 60 epochs", ["--mode", "kmeans", "--epochs", "60", "--label-steps", "32"]),
+    ],
+    "budget_120": [
+        ("SeLa, 120 epochs", ["--epochs", "120", "--label-steps", "64"]),
+        ("k-means, 120 epochs", ["--mode", "kmeans", "--epochs", "120", "--label-steps", "64"]),
+    ],
+    # stronger invariance to the nuisances the labels track (position, scale): wider crops
+    "invariance": [
+        ("SeLa, crops 0.2-1", ["--crop-scale", "0.2", "1.0"]),
+        ("SeLa, crops 0.08-1", ["--crop-scale", "0.08", "1.0"]),
     ],
     "imbalance": [
         (f"{m} {imb}", flags + ["--imbalance", imb])
@@ -63,6 +84,9 @@ def run_row(name, flags, out: Path, common: list[str]) -> dict:
         res = raw_pixels(common)
         d.mkdir(parents=True, exist_ok=True)
     else:
+        # a row killed part-way (e.g. by a time limit) resumes from its checkpoint; its time is
+        # then the run's own sum over its segments (Trainer.seconds), not this invocation's wall
+        resumed = (d / "checkpoint.pt").exists()
         cmd = [
             sys.executable,
             "-m",
@@ -80,7 +104,8 @@ def run_row(name, flags, out: Path, common: list[str]) -> dict:
         with open(d / "stdout.log", "w") as f:
             subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT)
         res = json.loads((d / "metrics.json").read_text())
-        res["seconds_wall"] = time.perf_counter() - t0
+        res["seconds_wall"] = res["seconds_total"] if resumed else time.perf_counter() - t0
+        res["resumed"] = resumed
     res["name"] = name
     res["cli"] = " ".join(flags or ["(pixels)"])
     (d / "metrics.json").write_text(json.dumps(res, indent=1))
@@ -123,15 +148,21 @@ COLS = [
 ]
 
 
+def train_label_nmi(r: dict) -> float | None:
+    """NMI of the final self-labels of the training split (metric heads), for rows that made
+    labels (SeLa, k-means); None for the others."""
+    tl = r.get("train_labels")
+    if not (tl and r.get("history")):
+        return None
+    return float(np.mean([tl[t]["nmi"] for t in r.get("metric_heads", range(len(tl)))]))
+
+
 def table(rows: list[dict]) -> str:
     head = "| row | " + " | ".join(c for c, _ in COLS) + " | train-label NMI | time (s) |"
     lines = [head, "|" + "---|" * (len(COLS) + 3)]
     for r in rows:
-        tl = r.get("train_labels")
-        if tl and r.get("history"):
-            tl = f"{np.mean([tl[t]['nmi'] for t in r.get('metric_heads', range(len(tl)))]):.3f}"
-        else:
-            tl = "–"
+        tl = train_label_nmi(r)
+        tl = "–" if tl is None else f"{tl:.3f}"
         vals = " | ".join(
             f"{100 * r[k]:.1f}" if k.startswith(("knn", "probe", "acc")) else f"{r[k]:.3f}" for _, k in COLS
         )
@@ -146,17 +177,153 @@ def aggregate(dirs: list[Path]) -> str:
     ``results.json``; rows missing from an invocation are averaged over the others."""
     runs = [{r["name"]: r for r in json.loads((d / "results.json").read_text())} for d in dirs]
     names = list(dict.fromkeys(n for r in runs for n in r))
-    head = "| row | runs | " + " | ".join(c for c, _ in COLS) + " |"
-    lines = [head, "|" + "---|" * (len(COLS) + 2)]
+    head = "| row | runs | " + " | ".join(c for c, _ in COLS) + " | train-label NMI |"
+    lines = [head, "|" + "---|" * (len(COLS) + 3)]
+
+    def cell(v: list, scale: float, fmt: str) -> str:
+        if not v:
+            return "–"
+        v = np.asarray(v, dtype=float)
+        sd = f" ± {v.std(ddof=1) * scale:{fmt}}" if len(v) > 1 else ""
+        return f"{v.mean() * scale:{fmt}}{sd}"
+
     for n in names:
         cells = []
         for _, k in COLS:
-            v = np.array([r[n][k] for r in runs if n in r], dtype=float)
             scale, fmt = (100, ".1f") if k.startswith(("knn", "probe", "acc")) else (1, ".3f")
-            sd = f" ± {v.std(ddof=1) * scale:{fmt}}" if len(v) > 1 else ""
-            cells.append(f"{v.mean() * scale:{fmt}}{sd}")
+            cells.append(cell([r[n][k] for r in runs if n in r], scale, fmt))
+        tl = [train_label_nmi(r[n]) for r in runs if n in r]
+        cells.append(cell([v for v in tl if v is not None], 1, ".3f"))
         lines.append(f"| {n} | {sum(n in r for r in runs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def sizes_table(r: dict) -> str:
+    """Cluster sizes of each head's labels at every label step of a row (smallest…largest)."""
+    ks = r["num_clusters"]
+    head = "| step | epoch | " + " | ".join(f"head {t} (K={k})" for t, k in enumerate(ks)) + " |"
+    lines = [head, "|" + "---|" * (len(ks) + 2)]
+    for h in r.get("history", []):
+        sizes = " | ".join(f"{lo}…{hi}" for lo, hi in zip(h["size_min"], h["size_max"]))
+        lines.append(f"| {h['step']} | {h['epoch']:.2f} | {sizes} |")
+    return "\n".join(lines)
+
+
+def sizes_summary(named: list[tuple[str, dict]]) -> str:
+    """One line per labelled row: the smallest…largest cluster over the heads of each K, at the
+    first label step (on the untrained network) and over all label steps, and how many steps
+    left a cluster empty in some head."""
+    ks = sorted({k for _, r in named for k in r["num_clusters"]})
+
+    def rng(h: dict, k: int, ns: list[int]) -> tuple[int, int]:
+        t = [i for i, kk in enumerate(ns) if kk == k]
+        return min(h["size_min"][i] for i in t), max(h["size_max"][i] for i in t)
+
+    cols = [f"step 0, K={k}" for k in ks] + [f"all steps, K={k}" for k in ks]
+    lines = [
+        "| run | " + " | ".join(cols) + " | steps with an empty cluster |",
+        "|" + "---|" * (len(cols) + 2),
+    ]
+    for name, r in named:
+        hist, ns = r["history"], r["num_clusters"]
+        first = [rng(hist[0], k, ns) if k in ns else None for k in ks]
+        every = [
+            (min(rng(h, k, ns)[0] for h in hist), max(rng(h, k, ns)[1] for h in hist)) if k in ns else None
+            for k in ks
+        ]
+        cells = ["–" if c is None else f"{c[0]}…{c[1]}" for c in first + every]
+        empty = sum(min(h["size_min"]) == 0 for h in hist)
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {empty} of {len(hist)} |")
+    return "\n".join(lines)
+
+
+def sizes_report(dirs: list[Path]) -> str:
+    """The cluster sizes of every labelled row of these finished invocations: the summary, then
+    every label step of every row."""
+    named = [
+        (f"{d.name}: {r['name']}", r)
+        for d in dirs
+        for r in json.loads((d / "results.json").read_text())
+        if r.get("history")
+    ]
+    parts = [sizes_summary(named)]
+    parts += [f"#### {n}\n\n" + sizes_table(r) for n, r in named]
+    return "\n\n".join(parts) + "\n"
+
+
+def budget_points(out: Path, by: dict) -> list[tuple[str, int, dict]]:
+    """The budget curve's rows of a folder: (method, epochs, row) for every SeLa / k-means row
+    whose config is the default except its epochs and label steps, scaled alike (16 steps per
+    30 epochs) - SeLa's rows with the default label rule only."""
+    from .config import Config
+
+    free = {"epochs", "label_steps", "mode", "seed", "dataset"}
+    ref = {k: v for k, v in Config().training_fingerprint().items() if k not in free}
+    pts = []
+    for n, r in by.items():
+        f = out / _slug(n) / "config.json"
+        if not f.exists():
+            continue
+        c = Config.from_dict(json.loads(f.read_text()))
+        fp = {k: v for k, v in c.training_fingerprint().items() if k not in free}
+        if c.mode == "kmeans":  # the label rule of the Sinkhorn step does not apply to k-means
+            fp["balanced"] = ref["balanced"]
+        if c.mode in ("sela", "kmeans") and fp == ref and c.label_steps * 30 == 16 * c.epochs:
+            pts.append(("SeLa" if c.mode == "sela" else "k-means in the loop", c.epochs, r))
+    return sorted(pts, key=lambda p: (p[0], p[1]))
+
+
+def budget_table(pts: list[tuple[str, int, dict]], raw: dict | None) -> str:
+    lines = [
+        "| method | epochs | label steps | kNN | linear probe | NMI | train-label NMI | time (s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for m, ep, r in pts:
+        tl = train_label_nmi(r)
+        lines.append(
+            f"| {m} | {ep} | {16 * ep // 30} | {100 * r['knn_test']:.1f} | {100 * r['probe_test']:.1f} "
+            f"| {r['nmi']:.3f} | {'–' if tl is None else f'{tl:.3f}'} | {r.get('seconds_wall', 0):.0f} |"
+        )
+    if raw:
+        lines.append(
+            f"| raw pixels | – | – | {100 * raw['knn_test']:.1f} | {100 * raw['probe_test']:.1f} "
+            f"| {raw['nmi']:.3f} | – | {raw.get('seconds_wall', 0):.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_budget(pts: list[tuple[str, int, dict]], raw: dict | None, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    for j, (label, key) in enumerate(COLS[:2]):
+        for m, colour in (("SeLa", "C0"), ("k-means in the loop", "C1")):
+            mine = [(ep, r) for mm, ep, r in pts if mm == m]
+            if not mine:
+                continue
+            ax[j].plot([e for e, _ in mine], [100 * r[key] for _, r in mine], "o-", color=colour, label=m)
+            for e, r in mine:
+                ax[j].annotate(
+                    f"{r.get('seconds_wall', 0) / 60:.0f} min",
+                    (e, 100 * r[key]),
+                    textcoords="offset points",
+                    xytext=(4, -10),
+                    fontsize=7,
+                    color=colour,
+                )
+        if raw:
+            ax[j].axhline(100 * raw[key], color="grey", ls="--", label="raw pixels")
+        ax[j].set_xscale("log", base=2)
+        ax[j].set_xticks(sorted({e for _, e, _ in pts}), [str(e) for e in sorted({e for _, e, _ in pts})])
+        ax[j].set(xlabel="epochs (label steps scaled alike)", ylabel=f"{label} (test, %)", ylim=(0, 100))
+        ax[j].legend(fontsize=7)
+    fig.suptitle("budget curve (labels: wall time per run)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -198,10 +365,20 @@ def main(argv=None) -> int:
         metavar="DIR",
         help="print mean ± sd of each row over these finished invocations (e.g. one per seed); train nothing",
     )
+    p.add_argument(
+        "--sizes",
+        nargs="+",
+        type=Path,
+        metavar="DIR",
+        help="print the cluster sizes at every label step of the rows of these finished invocations",
+    )
     p.add_argument("common", nargs=argparse.REMAINDER, help="flags passed to every row, after --")
     a = p.parse_args(argv)
     if a.aggregate:
         print(aggregate(a.aggregate))
+        return 0
+    if a.sizes:
+        print(sizes_report(a.sizes))
         return 0
     common = [c for c in a.common if c != "--"] + ["--threads", str(a.threads)]
     out = Path(a.out)
@@ -227,6 +404,13 @@ def main(argv=None) -> int:
     for s, study in ROWS.items():
         if any(n in by for n, _ in study):
             md.append(f"### {s}\n\n" + table([by[n] for n, _ in study if n in by]) + "\n")
+    pts = budget_points(out, by)
+    if len({ep for _, ep, _ in pts}) > 1:
+        md.append("### budget curve\n\n" + budget_table(pts, by.get("raw pixels")) + "\n")
+        plot_budget(pts, by.get("raw pixels"), out / "budget.png")
+    for n, r in by.items():
+        if r.get("history"):
+            md.append(f"#### cluster sizes at every label step: {n}\n\n" + sizes_table(r) + "\n")
     (out / "results.md").write_text("\n".join(md))
     (out / "results.json").write_text(json.dumps(list(by.values()), indent=1))
     main_rows = [by[n] for n, _ in ROWS["main"] if n in by]

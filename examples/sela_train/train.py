@@ -109,6 +109,7 @@ def _has_distributed_solve() -> bool:
 
 class Trainer:
     def __init__(self, cfg: Config):
+        self._t0 = time.perf_counter()
         cfg.validate()
         self.cfg = cfg
         if cfg.threads:
@@ -157,6 +158,9 @@ class Trainer:
         self.history: list[dict] = []
         self.epoch_loss: list[float] = []
         self.running = [0.0, 0]
+        # training seconds of earlier (killed) segments of this run, from the checkpoint: a
+        # resumed run reports the time it took in all, less the work lost at the kill
+        self.seconds_before = 0.0
         if sup:
             self.labels = self.data.train.targets[None].copy()
             method = "supervised"
@@ -184,7 +188,12 @@ class Trainer:
             "history": self.history,
             "epoch_loss": self.epoch_loss,
             "running": self.running,
+            "seconds": self.seconds(),
         }
+
+    def seconds(self) -> float:
+        """Seconds spent on this run so far, summed over its resumed segments."""
+        return self.seconds_before + time.perf_counter() - self._t0
 
     def save_checkpoint(self) -> None:
         if self.rank == 0:
@@ -210,6 +219,7 @@ class Trainer:
         self.iteration, self.next_step = st["iteration"], st["next_step"]
         self.labels, self.solver_state = st["labels"], st["solver_state"]
         self.history, self.epoch_loss, self.running = st["history"], st["epoch_loss"], st["running"]
+        self.seconds_before = st.get("seconds", 0.0)
         if self.use_dist_solve:
             self.solver_state = None  # local results are per rank and not checkpointed
         log.info(
@@ -386,18 +396,17 @@ def _fmt(xs) -> str:
 def run(cfg: Config) -> dict | None:
     """Train (or resume) and evaluate; writes ``metrics.json``, ``labels/final.npz`` and plots
     into ``cfg.out_dir``. Returns the metrics on rank 0 (None on other ranks)."""
-    t0 = time.perf_counter()
     tr = Trainer(cfg)
     tr.train()
-    t_train = time.perf_counter() - t0
+    t_train = tr.seconds()
     if tr.rank != 0:
         if tr.world > 1:
             dist.barrier()
         return None
     tr._export(tr.out / "labels" / "final.npz", tr.next_step - 1, cfg.mode)
     res = tr.evaluate()
-    res["seconds_train"] = t_train
-    res["seconds_total"] = time.perf_counter() - t0
+    res["seconds_train"] = t_train  # summed over resumed segments (see Trainer.seconds)
+    res["seconds_total"] = tr.seconds()
     (tr.out / "metrics.json").write_text(json.dumps(res, indent=1))
     from .plots import plot_run
 
