@@ -32,8 +32,8 @@ import numpy as np
 from . import _driver
 from ._arrays import hand_back, stack, to_host
 from ._auction import SparseRows
+from ._balanced import STOP_RTOL, balance, certificate, certificate_terms, uncertified_message
 from ._balanced import TERMS as _TERMS
-from ._balanced import balance, certificate, certificate_terms, uncertified_message
 from ._result import ConvergenceWarning, Result
 from ._sizes import integer_sizes
 from ._validate import check_prior
@@ -225,15 +225,16 @@ def balance_head_over_ranks(
         tot = ex.reduce(terms, "sum", "balanced").cpu().numpy()
         ex.check()
         cert = certificate(tot, prices, target, flexible)
-        if cert.certified or complete:
+        # done once the gap is as small as the single-process step leaves it (below the
+        # certificate's tolerance), no point is short of its best cluster, or every row
+        # is on rank 0 already
+        if complete or cert.gap <= STOP_RTOL * cert.scale or (optimal and tot[_VIOLATIONS] == 0):
             break
         if not optimal:
             # the pairs gathered admit no labelling with these sizes, or too narrowly for
             # the auction's budget: every point again, with twice as many clusters, from
             # the last good prices
             rows, prices = np.arange(counts[rank], dtype=np.int64), good
-        elif tot[_VIOLATIONS] == 0:
-            break
         else:  # the points short of their best cluster again, with more clusters
             rows, good = viol, prices
         m = min(k, 2 * m)
