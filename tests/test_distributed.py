@@ -939,3 +939,26 @@ def test_batch_codes_errors():
         sd.batch_codes(bad)
     with pytest.warns(sinklabel.ConvergenceWarning, match="raise n_iter or tol"):
         sd.batch_codes(np.random.default_rng(0).normal(size=(30, 5)), temperature=0.05, n_iter=2, tol=1e-9)
+
+
+def test_batch_codes_with_tol_are_honest_in_float32():
+    """With tol, the codes returned (float32) meet it: their column sums recomputed in float64
+    (issue 11 item 5, at a smaller batch; more prototypes than points, as in SwAV)."""
+    rng = np.random.default_rng(5)
+    f, p = rng.normal(size=(128, 32)), rng.normal(size=(600, 32))
+    f /= np.linalg.norm(f, axis=1, keepdims=True)
+    p /= np.linalg.norm(p, axis=1, keepdims=True)
+    S = (f @ p.T).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sinklabel.ConvergenceWarning)
+        q = sd.batch_codes(S, temperature=0.0005, n_iter=5000, tol=1e-3)
+        hard = sd.batch_codes(S, temperature=0.0005, n_iter=5000, tol=1e-3, hard=True)
+        t = sd.batch_codes(torch.from_numpy(S), temperature=0.0005, n_iter=5000, tol=1e-3)
+    assert q.dtype == np.float32 and np.isfinite(q).all()
+    np.testing.assert_allclose(q.sum(axis=1), 1.0, rtol=1e-5)
+    assert np.abs(q.astype(np.float64).sum(axis=0) / (128 / 600) - 1.0).max() <= 1e-3
+    assert (hard.sum(axis=1) == 1).all()  # one-hot at a largest code (near-ties at lam 2000)
+    assert (q[np.arange(128), hard.argmax(axis=1)] >= q.max(axis=1) - 1e-6).all()
+    assert isinstance(t, torch.Tensor) and t.dtype == torch.float32
+    # the torch backend's own solve: another plan within tol, the same guarantee
+    assert np.abs(t.numpy().astype(np.float64).sum(axis=0) / (128 / 600) - 1.0).max() <= 1e-3
