@@ -4,7 +4,8 @@ A backend supplies the few primitives that touch the N x K score matrix (see
 :class:`sinklabel.backends._base.Backend`); the loop, stopping rule, warm start,
 multi-head handling, validation and the result live once in :mod:`sinklabel._driver`.
 Backends are imported lazily: a missing optional dependency is reported with the
-``pip install`` that fixes it.
+``pip install`` that fixes it. A new backend is one file and one line in :data:`BACKENDS`
+(the contract, and what else picks it up, is in :mod:`sinklabel.backends._base`).
 """
 
 from __future__ import annotations

@@ -45,6 +45,31 @@ counts; it supplies:
 Vectors (length N or K) are float64 arrays of the backend's library on the scores'
 device; ``xp`` is a numpy-like namespace for the few element-wise operations the driver
 does on them.
+
+Adding a backend: one file and one registry line.
+
+1. ``sinklabel/backends/_<name>.py``: a subclass of :class:`Backend` that sets ``name``,
+   ``library`` (the array library it computes with), ``xp`` (a numpy-like namespace for the
+   driver's element-wise vector operations: ``where``, ``log``, ``exp``, ``abs``,
+   ``isfinite``, ``maximum``), ``check_every`` and ``supports_stream``, and implements
+   ``owns``, ``from_numpy``, ``to_numpy``, ``compute_dtype``, ``full`` and the primitives
+   above (``stream_sweep`` only with ``supports_stream``). ``adopt`` (host backends: any
+   array through :func:`sinklabel._arrays.to_host`), ``checks_every``, ``max_float``,
+   ``all_finite``, ``allsum`` and ``exp_floor`` have working defaults here.
+2. One line in :data:`sinklabel.backends.BACKENDS`: name -> (module, class, pip extra,
+   the dependency it needs), imported lazily.
+
+Everything else picks it up from there: ``backend="<name>"`` in :func:`sinklabel.solve`
+and :func:`sinklabel.distributed.solve` (the driver does validation, warm starts, the
+iteration, balanced labels, and hands results back in the caller's library through
+:mod:`sinklabel._arrays`; the distributed wrapper delegates to any backend) and
+``tests/test_conformance.py``, which runs every registered backend against the numpy
+reference. Two things are not automatic: ``backend="auto"`` chooses among the known
+ones (:func:`sinklabel.backends.pick_backend`), and an array library other than numpy,
+torch and cupy must also be taught to :mod:`sinklabel._arrays`. A new *primitive* of this
+contract (a method every backend gets) must be taught to
+:class:`~sinklabel.backends._distributed.DistributedBackend`, which refuses to start
+otherwise (how is it combined over ranks?).
 """
 
 from __future__ import annotations

@@ -270,9 +270,7 @@ class CupyBackend(Backend):
             dead_cols = np.flatnonzero(~cupy.asnumpy(col_alive)).astype(np.int64)
         return Scan(nan_at, posinf_at, dead_row, dead_cols)
 
-    def log_sweep(self, S, lam, g, log_c, kernel=False):
-        if kernel:
-            raise NotImplementedError("the cupy backend has no in-place kernel mode")
+    def log_sweep(self, S, lam, g, log_c):
         # four reductions over S, none with an N x K temporary (logits in float64)
         with S.device:
             gk = g[None, :]
@@ -284,9 +282,7 @@ class CupyBackend(Backend):
             col_lse = cupy.where(total > 0, cupy.log(total) + top, -np.inf)
         return a, col_lse
 
-    def build_kernel(self, S, lam, a, b, out=None, kernel=False):
-        if kernel:
-            raise NotImplementedError("the cupy backend has no in-place kernel mode")
+    def build_kernel(self, S, lam, a, b, out=None):
         with S.device:
             n, k = S.shape
             dtype = self.compute_dtype(S)
@@ -325,9 +321,7 @@ class CupyBackend(Backend):
             )
             return u, part.sum(axis=0, dtype=np.float64)
 
-    def argmax(self, S, lam, g, kernel=False):
-        if kernel:
-            raise NotImplementedError("the cupy backend has no in-place kernel mode")
+    def argmax(self, S, lam, g):
         with S.device:
             n, k = S.shape
             labels = cupy.empty(n, dtype=np.int64)

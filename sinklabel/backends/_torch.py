@@ -203,9 +203,7 @@ class TorchBackend(Backend):
         dead_cols = np.flatnonzero(~col_alive.cpu().numpy()).astype(np.int64)
         return Scan(nan_at, posinf_at, dead_row, dead_cols)
 
-    def log_sweep(self, S, lam, g, log_c, kernel=False):
-        if kernel:
-            raise NotImplementedError("the torch backend has no in-place kernel mode")
+    def log_sweep(self, S, lam, g, log_c):
         kernels = self._use_triton(S)
         if kernels is not None and kernels.fits_rows(S):
             return kernels.log_sweep(S, lam, g, log_c)
@@ -227,9 +225,7 @@ class TorchBackend(Backend):
         col_lse = torch.where(col_sum > 0, torch.log(col_sum) + col_max, -torch.inf)
         return a, col_lse
 
-    def build_kernel(self, S, lam, a, b, out=None, kernel=False):
-        if kernel:
-            raise NotImplementedError("the torch backend has no in-place kernel mode")
+    def build_kernel(self, S, lam, a, b, out=None):
         n, k = S.shape
         dtype = self.compute_dtype(S)
         if out is None:
@@ -257,9 +253,7 @@ class TorchBackend(Backend):
             acc = torch.mv(Kmat.t(), u.to(Kmat.dtype)).to(torch.float64)
         return u, acc
 
-    def argmax(self, S, lam, g, kernel=False):
-        if kernel:
-            raise NotImplementedError("the torch backend has no in-place kernel mode")
+    def argmax(self, S, lam, g):
         n, k = S.shape
         labels = torch.empty(n, dtype=torch.int64, device=S.device)
         for blk in self._blocks(S):
