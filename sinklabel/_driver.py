@@ -1,4 +1,13 @@
-"""The solver loop, written once for every backend.
+"""The solver, written once for every backend and for one or several processes.
+
+:func:`solve` is :func:`arguments` (every check one process can make alone), then
+:func:`prepare` (what needs every process's points: N, priors, point masses, the integer
+target sizes, whether labels are balanced, the stream decision, the scans; no heavy work)
+giving a :class:`Problem`, then :func:`run` (the iteration of :mod:`sinklabel._iteration`
+per head and its labels: the plan's argmax, or exactly balanced labels by
+:mod:`sinklabel._balanced`, across ranks by :mod:`sinklabel._balanced_ranks`).
+:mod:`sinklabel.distributed` runs the same three steps on every rank with a backend that
+combines the cluster quantities over the ranks.
 
 Stabilisation, chosen by measurement (see ``benchmarks/RESULTS.md``): kernel-mode
 Sinkhorn on a stabilised kernel, with *absorption* of the scalings into
@@ -182,7 +191,8 @@ def solve(
         Default: the equipartition. For several heads with different ``n_clusters`` pass
         a list, one per head.
     weights : array of shape (n_points,), optional
-        Nonnegative point masses (normalised to sum to 1). Default: uniform.
+        Nonnegative point masses (normalised to sum to 1). Default: uniform; weights that
+        are all equal (to 1e-12 relative, e.g. ``np.ones(N)``) are that default.
     init : Result, HeadResult or array of shape (n_clusters,), optional
         Warm start from a previous solve (its column potentials; rescaled if ``lam``
         changed).
@@ -210,9 +220,9 @@ def solve(
         the host: numpy ones in place, a GPU array through one copy to host memory.
         ``False``: the argmax of the plan, as in the paper's code (sizes a few per cent
         off). ``None`` (default): exactly balanced labels whenever they are defined,
-        i.e. unless point ``weights`` are given (balanced labels count points), the
-        solve is distributed over processes; then the argmax. ``HeadResult.balanced``
-        says which labels were made.
+        i.e. unless unequal point ``weights`` are given (balanced labels count points);
+        then the argmax. The same over the ranks of :func:`sinklabel.distributed.solve`.
+        ``HeadResult.balanced`` says which labels were made.
     acceleration : {"anderson", None}, default "anderson"
         ``"anderson"``: safeguarded Anderson acceleration of the column potentials
         (memory 6), typically 5-15x fewer sweeps than plain Sinkhorn at ``lam`` 10-100;
@@ -383,7 +393,7 @@ def prepare(args: Arguments, backend: Backend) -> Problem:
     n_local = args.n_local
     # N counts the points of every process sharing the solve (all of them are here in one)
     n_points = int(B.allsum(np.array([n_local]))[0])
-    c_host, weighted = point_masses(args.weights, n_local, B)
+    c_host, weighted = point_masses(args.weights, n_local, n_points, B)
     balanced = resolve_balanced(args.balanced, args.weights if weighted else None, n_points, n_local)
     scores = [B.adopt(S, args.device) for S in heads]
     stream = _streams(B, scores, args.kernel)
@@ -405,7 +415,7 @@ def prepare(args: Arguments, backend: Backend) -> Problem:
     )  # fmt: skip
 
 
-def point_masses(weights: np.ndarray | None, n_local: int, B: Backend) -> tuple[np.ndarray, bool]:
+def point_masses(weights: Any, n_local: int, n_points: int, B: Backend) -> tuple[np.ndarray, bool]:
     """The point masses ``c`` of this process's points, and whether they are weighted.
 
     Weights equal to within 1e-12 (relative) over every process, e.g. ``np.ones(N)``, are
@@ -415,7 +425,6 @@ def point_masses(weights: np.ndarray | None, n_local: int, B: Backend) -> tuple[
     c = check_weights(weights, n_local, allsum=B.allsum)
     if weights is None:
         return c, False
-    n_points = int(B.allsum(np.array([n_local]))[0])
     uneven = not bool(np.all(np.abs(c * n_points - 1.0) <= 1e-12))
     if B.allsum(np.array([int(uneven)]))[0] > 0:
         return c, True

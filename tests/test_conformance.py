@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import sinklabel
+from sinklabel._arrays import to_host
 from sinklabel.backends import BACKENDS, BackendNotAvailable, get_backend
 from sinklabel.problems import make_scores
 
@@ -35,12 +36,7 @@ def to_library(x, library):
     raise AssertionError(library)
 
 
-def host(x):
-    if hasattr(x, "detach"):
-        return x.detach().cpu().numpy()
-    if hasattr(x, "get") and not isinstance(x, np.ndarray):
-        return x.get()
-    return np.asarray(x)
+host = to_host  # any backend's array on the host (sinklabel._arrays: the one conversion)
 
 
 NAMES = sorted(BACKENDS)

@@ -273,3 +273,43 @@ def test_library_is_silent_by_default(capsys):
     sinklabel.solve(make_scores(200, 4, seed=3), lam=10)
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""
+
+
+def test_uniform_weights_are_the_default():
+    """Equal weights (e.g. np.ones(N)) are weights=None: exactly balanced labels stay the
+    default (issue 13 item 10); unequal ones, even by 1e-9, give the argmax."""
+    S = make_scores(400, 6, seed=5)
+    ref = sinklabel.solve(S, 25.0)
+    for w in (np.ones(400), np.full(400, 0.3), np.ones(400, dtype=np.float32)):
+        res = sinklabel.solve(S, 25.0, weights=w)
+        assert res.heads[0].balanced and res.heads[0].certified
+        np.testing.assert_array_equal(res.labels, ref.labels)
+        np.testing.assert_array_equal(res.log_v, ref.log_v)
+    assert sinklabel.solve(S, 25.0, weights=np.ones(400), balanced=True).heads[0].balanced
+    uneven = np.ones(400)
+    uneven[7] += 1e-9
+    assert not sinklabel.solve(S, 25.0, weights=uneven).heads[0].balanced
+    with pytest.raises(ValueError, match="`weights` is not supported with balanced=True"):
+        sinklabel.solve(S, 25.0, weights=uneven, balanced=True)
+
+
+def test_prepare_then_run_is_solve():
+    """solve = run(prepare(arguments(...))); prepare decides everything before the iteration."""
+    from sinklabel import _driver
+
+    S = make_scores(303, 5, seed=6)
+    prior = np.array([0.3, 0.3, 0.2, 0.1, 0.1])
+    args = _driver.arguments(S, 10.0, prior=prior, kernel="streamed", backend="numpy")
+    problem = _driver.prepare(args, args.backend)
+    assert problem.n_points == 303 and problem.balanced and problem.stream and problem.memory > 0
+    assert problem.flexible == [False]
+    np.testing.assert_array_equal(problem.targets[0], [91, 91, 61, 30, 30])  # largest remainder
+    res = _driver.run(problem, args.backend)
+    ref = sinklabel.solve(S, 10.0, prior=prior, kernel="streamed", backend="numpy")
+    np.testing.assert_array_equal(res.labels, ref.labels)
+    np.testing.assert_array_equal(res.log_v, ref.log_v)
+    np.testing.assert_array_equal(res.heads[0].target_sizes, [91, 91, 61, 30, 30])
+    # integer sizes are taken as given, in any library; no prior: the equipartition
+    sizes = np.array([100, 80, 60, 40, 23])
+    assert (_driver.target_sizes(303, sizes, sizes / 303.0) == sizes).all()
+    np.testing.assert_array_equal(_driver.target_sizes(303, None, np.full(5, 0.2)), [61, 61, 61, 60, 60])

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import sinklabel
+from sinklabel._arrays import to_host
 from sinklabel.backends import BackendNotAvailable, get_backend
 from sinklabel.problems import make_scores
 
@@ -28,8 +29,7 @@ needs_cuda = [pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="needs a CUDA
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def host(x):
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+host = to_host  # sinklabel._arrays: the one conversion to the host
 
 
 def assert_matches_numpy(S_np, res, lam, ref=None):
