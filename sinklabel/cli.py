@@ -18,6 +18,7 @@ import signal
 import sys
 import tempfile
 import time
+import traceback
 import warnings
 import zipfile
 from pathlib import Path
@@ -596,15 +597,10 @@ def main(argv: list[str] | None = None) -> int:
     old_term = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return args.func(args)
-    except CLIError as exc:
-        return _error(str(exc))
-    except (ValueError, TypeError, ImportError, EOFError) as exc:  # the API's input checks
-        return _error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-    except MemoryError as exc:
-        return _error(f"not enough memory ({exc or 'allocation failed'})")
-    except OSError as exc:  # unreadable input, full disk, vanished folder...
-        where = f": {exc.filename}" if exc.filename else ""
-        return _error(f"{exc.strerror or exc}{where}")
+    except (CLIError, ValueError, TypeError, ImportError, EOFError, MemoryError, OSError):
+        if args.verbose:  # -v: the traceback too, for a bug report; then the one line below
+            traceback.print_exc()
+        return _handled(sys.exc_info()[1])
     except KeyboardInterrupt:
         print("sinklabel: interrupted", file=sys.stderr)
         return 130
@@ -615,6 +611,18 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, old_term)
         logger.removeHandler(handler)
         logger.setLevel(old_level)
+
+
+def _handled(exc: BaseException) -> int:
+    """The one line for an error caught by kind at the boundary (exit status 2)."""
+    if isinstance(exc, MemoryError):
+        return _error(f"not enough memory ({exc or 'allocation failed'})")
+    if isinstance(exc, OSError):  # unreadable input, full disk, vanished folder...
+        where = f": {exc.filename}" if exc.filename else ""
+        return _error(f"{exc.strerror or exc}{where}")
+    # CLIError, and the API's input checks (ValueError, TypeError...): their first line
+    text = str(exc)
+    return _error(text.splitlines()[0] if text else type(exc).__name__)
 
 
 def _error(message: str) -> int:

@@ -455,3 +455,13 @@ def test_lam_too_large_is_a_one_line_error(scores_file, tmp_path):
     path, _ = scores_file
     rc, _, err = run_cli("assign", path, "-o", tmp_path / "l.npy", "--lam", "1e308")
     assert_one_line_error(rc, err, "the largest usable lam for these scores is")
+
+
+def test_verbose_errors_add_the_traceback(tmp_path):
+    (tmp_path / "empty.npy").write_bytes(b"")
+    rc, _, err = run_cli("assign", tmp_path / "empty.npy", "-o", tmp_path / "l.npy", "-v")
+    assert rc == 2 and "Traceback" in err  # for a bug report
+    assert (
+        err.strip().splitlines()[-1]
+        == f"sinklabel: error: {tmp_path / 'empty.npy'}: empty or truncated .npy file"
+    )
