@@ -137,10 +137,10 @@ def worker(rank: int, args: argparse.Namespace, port: int, out_dir: str) -> None
         res, out["solve_s"], out["solve_hwm"], out["solve_anon"] = phase(solve)
         counts = np.array(sizes, dtype=np.int64)
         target = integer_sizes(args.n, None, args.k)
-        step = lambda: balance_head_over_ranks(  # noqa: E731
-            Exchange(None), S, res.heads[0].log_v, res.lam, target, True, counts
-        )
+        ex = Exchange(None)
+        step = lambda: balance_head_over_ranks(ex, S, res.heads[0].log_v, res.lam, target, True, counts)  # noqa: E731
         got, out["step_s"], out["step_hwm"], out["step_anon"] = phase(step)
+        out["received_bytes"] = sum(ex.stats()["received_bytes"].values())
         out.update(
             n_iter=res.n_iter, converged=bool(res.converged), backend=res.backend,
             certified=got["certified"], gap=got["gap"], objective=got["objective"],
@@ -179,7 +179,8 @@ def report(args: argparse.Namespace, outs: list[dict]) -> str:
         f"Sinkhorn [{o0['backend']}]: {o0['n_iter']} iterations, converged {o0['converged']}; "
         f"balanced step: certified {o0['certified']} (gap {o0['gap']:.2g} per point), "
         f"{o0['rounds']} round(s), {o0['points_gathered']:,} points and {o0['scores_gathered']:,} "
-        f"scores gathered, rank 0's pair store {o0['root_pairs_bytes'] / 2**20:.0f} MiB; sizes "
+        f"scores gathered, rank 0 received {o0['received_bytes'] / 2**20:.1f} MiB of the other "
+        f"ranks' scores, its pair store {o0['root_pairs_bytes'] / 2**20:.0f} MiB; sizes "
         f"{o0['sizes_min']}-{o0['sizes_max']}, sum {o0['sizes_sum']:,}"
     )
     lines += [
