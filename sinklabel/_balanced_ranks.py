@@ -23,20 +23,14 @@ computed on the full one.
 
 from __future__ import annotations
 
-import dataclasses
-import warnings
 from typing import Any
 
 import numpy as np
 
-from . import _driver
-from ._arrays import hand_back, stack, to_host
+from ._arrays import to_host
 from ._auction import SparseRows
-from ._balanced import STOP_RTOL, balance, certificate, certificate_terms, uncertified_message
+from ._balanced import STOP_RTOL, balance, certificate, certificate_terms
 from ._balanced import TERMS as _TERMS
-from ._result import ConvergenceWarning, Result
-from ._sizes import integer_sizes
-from ._validate import check_prior
 from .backends._distributed import Exchange
 
 #: candidate clusters per point (its best under the Sinkhorn prices) sent to rank 0 in the
@@ -244,46 +238,3 @@ def balance_head_over_ranks(
         scores_gathered=entries, status=status if rank == 0 else None,
         root_pairs_bytes=store_bytes if rank == 0 else None,
     )  # fmt: skip
-
-
-def balance_over_ranks(
-    res: Result, heads: list, prior: Any, multi: bool, counts: np.ndarray, ex: Exchange
-) -> tuple[Result, list]:
-    """``res`` (the distributed Sinkhorn solve) with exactly balanced labels."""
-    n_total = int(counts.sum())
-    priors = prior if (multi and isinstance(prior, (list, tuple))) else [prior] * len(heads)
-    out_heads, info = [], []
-    for t, (S, h) in enumerate(zip(heads, res.heads)):
-        k = int(S.shape[1])
-        p = priors[t]
-        r_host = check_prior(p, n_total, k, "")
-        target = integer_sizes(
-            n_total,
-            None
-            if prior is None
-            else r_host
-            if not _driver._is_int(p)
-            else np.rint(r_host * n_total).astype(np.int64),
-            k,
-        )  # the driver's rule
-        got = balance_head_over_ranks(ex, S, h.log_v, res.lam, target, p is None, counts)
-        labels = hand_back(got["labels"], S)
-        out_heads.append(
-            dataclasses.replace(
-                h,
-                labels=labels,
-                objective=got["objective"],
-                sizes=got["sizes"],
-                target_sizes=got["sizes"] if p is None else target,
-                balanced=True,
-                certified=got["certified"],
-                gap=got["gap"],
-            )
-        )
-        keys = ("rounds", "points_gathered", "scores_gathered", "status", "root_pairs_bytes")
-        info.append({key: got[key] for key in keys})
-    uncertified = [t for t, h in enumerate(out_heads) if not h.certified]
-    if uncertified:
-        warnings.warn(uncertified_message(out_heads, uncertified), ConvergenceWarning, stacklevel=3)
-    labels = stack([h.labels for h in out_heads]) if multi else out_heads[0].labels
-    return dataclasses.replace(res, heads=tuple(out_heads), labels=labels), info
