@@ -240,3 +240,35 @@ def test_through_the_distributed_front_door(session):
         assert o["certified"] and o["gap"] <= 1e-9 and o["objective"] == outs[0]["objective"]
         np.testing.assert_array_equal(o["sizes"], np.bincount(labels, minlength=c["k"]))
     assert outs[0]["objective"] == pytest.approx(ref.objective, rel=1e-9)
+
+
+def test_the_pair_store_merges_resent_points():
+    """_Gathered: what the ranks sent, as rows of a dense matrix with -inf elsewhere; a point
+    sent again with more clusters keeps the union of its pairs, each once."""
+    from sinklabel._auction import rows_block
+
+    n, k = 7, 10
+    S = make_scores(n, k, kind="neginf", seed=5)
+    prices = np.random.default_rng(0).normal(size=k)
+    store = sbr._Gathered(n, k, S.dtype)
+    want = np.full((n, k), -np.inf)
+
+    def send(rows, offset, m):
+        part = sbr._candidates(S[offset:], rows, prices, m)
+        store.add(part.ravel(), offset, m)
+        width = sbr._width(m, k)
+        for row in part.reshape(-1, width):
+            i = int(row[0]) + offset
+            if width == 1 + k:
+                want[i] = S[i]
+            else:
+                cols = row[1 : 1 + m].astype(int)
+                want[i, cols] = S[i, cols]
+
+    send(np.arange(4), 0, 2)  # rank 0: points 0-3, two clusters each
+    send(np.arange(3), 4, 2)  # rank 1: points 4-6
+    send(np.array([1, 3]), 0, 4)  # points 1 and 3 again, four clusters
+    send(np.array([2]), 4, 8)  # point 6 again, its whole row (2 * 8 >= K)
+    np.testing.assert_array_equal(rows_block(store.rows(), np.arange(n)), want)
+    assert store.cols.size == np.isfinite(want).sum()
+    assert all(np.all(np.diff(store.cols[a:b]) > 0) for a, b in zip(store.indptr, store.indptr[1:]))
