@@ -92,6 +92,7 @@ def sweep_ratios(S: np.ndarray, pairs: int = 21) -> dict[str, float]:
         "stream_sweep (kernel recomputed)": lambda: B.stream_sweep(S, LAM, a, b, c),
         "log_sweep (start, absorptions)": lambda: B.log_sweep(S, LAM, b, np.log(c)),
         "build_kernel": lambda: B.build_kernel(S, LAM, a, b, out=K),
+        "rescale_kernel (absorption)": lambda: B.rescale_kernel(K, np.zeros(n), np.zeros(k)),
         "scan (validation)": lambda: B.scan(S),
         "argmax (labels)": lambda: B.argmax(S, LAM, b),
     }
@@ -107,6 +108,100 @@ def sweep_ratios(S: np.ndarray, pairs: int = 21) -> dict[str, float]:
             t2 = time.perf_counter()
             ratios[name].append((t2 - t1) / (t1 - t0))
     return {name: float(np.median(r)) for name, r in ratios.items()}
+
+
+# -- where the time of one solve goes ---------------------------------------------------------
+#: the backend primitives timed by :func:`breakdown`, and how many exp of every entry each costs
+PRIMITIVES = {
+    "log_sweep": 1,
+    "build_kernel": 1,
+    "start_kernel": 1,
+    "rescale_kernel": 0,
+    "sweep": 0,
+    "stream_sweep": 1,
+    "scan": 0,
+    "argmax": 0,
+    "gather": 0,
+}
+
+
+def breakdown(S: np.ndarray, backend: str = "numba", **solve_kw) -> tuple[dict, list[dict], float]:
+    """One ``sinklabel.solve(S, **solve_kw)`` with every backend primitive timed.
+
+    Returns (solve facts, one row per primitive called: calls, seconds, seconds over one
+    parallel read of ``S``, reads per call, exp passes, the rest of the solve, one read's
+    seconds). The backend instance's methods are wrapped for the one call and restored.
+    """
+    from sinklabel.backends import get_backend
+
+    B = get_backend(backend)
+    stats: dict[str, list[float]] = {}
+
+    def timed(name, fn):
+        def wrapper(*args, **kw):
+            t = time.perf_counter()
+            out = fn(*args, **kw)
+            stats.setdefault(name, []).append(time.perf_counter() - t)
+            return out
+
+        return wrapper
+
+    for name in PRIMITIVES:
+        if hasattr(B, name):
+            setattr(B, name, timed(name, getattr(B, name)))
+    stream_read(S)
+    reads = []
+    for _ in range(5):
+        t = time.perf_counter()
+        stream_read(S)
+        reads.append(time.perf_counter() - t)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", sinklabel.ConvergenceWarning)
+            t = time.perf_counter()
+            res = sinklabel.solve(S, backend=backend, **solve_kw)
+            total = time.perf_counter() - t
+    finally:
+        for name in PRIMITIVES:
+            B.__dict__.pop(name, None)
+    for _ in range(5):
+        t = time.perf_counter()
+        stream_read(S)
+        reads.append(time.perf_counter() - t)
+    read = float(np.median(reads))
+    rows = [
+        dict(name=name, calls=len(ts), seconds=sum(ts), reads=sum(ts) / read,
+             per_call=sum(ts) / read / len(ts), exp_passes=PRIMITIVES[name] * len(ts))
+        for name, ts in stats.items()
+    ]  # fmt: skip
+    rest = total - sum(r["seconds"] for r in rows)
+    facts = dict(
+        seconds=total, reads=total / read, n_iter=res.n_iter, error=float(res.error),
+        converged=bool(res.converged), exp_passes=sum(r["exp_passes"] for r in rows), rest=rest,
+    )  # fmt: skip
+    return facts, rows, read
+
+
+def breakdown_table(facts: dict, rows: list[dict], read: float) -> list[str]:
+    total = facts["seconds"]
+    out = [
+        f"Solve: {total:.2f} s = {facts['reads']:.0f} reads of the scores (one read "
+        f"{read * 1e3:.1f} ms), {facts['n_iter']} evaluations, error {facts['error']:.2e}, "
+        f"{facts['exp_passes']} exp passes over the scores.",
+        "",
+        "| part | calls | time | reads | reads per call | share |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in sorted(rows, key=lambda r: -r["seconds"]):
+        out.append(
+            f"| `{r['name']}` | {r['calls']} | {r['seconds']:.2f} s | {r['reads']:.1f} | "
+            f"{r['per_call']:.2f} | {100 * r['seconds'] / total:.0f} % |"
+        )
+    out.append(
+        f"| the rest (host work, balanced step) | | {facts['rest']:.2f} s | "
+        f"{facts['rest'] / read:.1f} | | {100 * facts['rest'] / total:.0f} % |"
+    )
+    return out
 
 
 # -- the comparison -----------------------------------------------------------------------

@@ -17,12 +17,13 @@ Names, one per quantity (all column vectors have length K, row vectors length N)
 ``err``
     ``max_k |mass_k / r_k - 1|`` over the active clusters.
 
-Two strategies sweep: :class:`_StoredKernel` (``Kmat = exp(lam S + a + b)`` built once and
-rebuilt at each absorption; the plan ``diag(u) Kmat diag(v)``) and :class:`_StreamedKernel`
+Two strategies sweep: :class:`_StoredKernel` (``Kmat = exp(lam S + a + b)`` built once,
+rescaled in place at each absorption and rebuilt only when the entries it stores as 0
+could matter; the plan ``diag(u) Kmat diag(v)``) and :class:`_StreamedKernel`
 (no N x K array: each sweep recomputes ``exp(lam S + a + x)`` from the scores, the row
 potentials of the previous sweep keeping it in range). :func:`iterate` runs either with the
 same loop: sweep, check, propose the next ``x`` (plain or Anderson), and absorb through exact
-log-domain steps when the scalings leave range or anything non-finite appears.
+log-domain steps when anything non-finite appears or a proposal jumps beyond the frame.
 """
 
 from __future__ import annotations
@@ -119,20 +120,43 @@ class _Columns:
 
 
 class _StoredKernel:
-    """Sweeps of the stored kernel ``Kmat = exp(lam S + a + b)`` at ``x = b + log v``."""
+    """Sweeps of the stored kernel ``Kmat = exp(lam S + a + b)`` at ``x = b + log v``.
 
-    def __init__(self, B: Backend, S: Any, lam: float, c: Any, cols: _Columns) -> None:
+    When the scalings leave ``[e^-tau, e^tau]`` they are absorbed into the frame ``(a, b)``
+    by rescaling the kernel in place (:meth:`Backend.rescale_kernel`: one read and one
+    write, no ``exp``), while the entries stored as 0 stay negligible (:meth:`_lost`);
+    otherwise the kernel is rebuilt from the scores in the new frame (one ``exp`` pass,
+    still no log-domain step).
+    """
+
+    def __init__(self, B: Backend, S: Any, lam: float, c: Any, cols: _Columns, tol: float) -> None:
         self.B, self.S, self.lam, self.c, self.cols = B, S, lam, c, cols
-        self.tau = _tau(B.compute_dtype(S))
+        #: log of the largest share of a cluster's mass the stored zeros may hide: e^-5 of
+        #: the tolerance (the error measured on the kernel's plan is then within 0.7 % of
+        #: tol of the full plan's)
+        self.LOST = float(np.log(tol)) - 5.0
+        dtype = B.compute_dtype(S)
+        self.tau = _tau(dtype)
+        self.floor = B.exp_floor(dtype)
         self.Kmat: Any = None
         self.a = self.b = self.x = self.v = self.u = self.acc = None
+        # how far the frame rose since the build: a - min a (rows), b - min b (clusters)
+        self.a_up: Any = 0.0
+        self.a_up_max = 0.0
+        self.b_up: Any = 0.0
+        with np.errstate(divide="ignore"):  # log of the total point mass (all ranks)
+            self.log_mass = float(np.log(B.allsum(np.array([float(c.sum())]))[0]))
+        self.rescales = self.rebuilds = 0
+
+    def _build(self, a: Any, b: Any) -> None:
+        self.a, self.b, self.a_up, self.a_up_max, self.b_up = a, b, 0.0, 0.0, self.cols.zeros
+        self.Kmat = self.B.build_kernel(self.S, self.lam, a, b, out=self.Kmat)
 
     def anchor(self, a: Any, b: Any, x: Any = None) -> None:
         """(Re)build the kernel at a log step's rows ``a`` and its plain successor ``b``;
         the next sweep evaluates ``x`` if it is within ``tau`` of that frame, else ``b``."""
         B, cols = self.B, self.cols
-        self.a, self.b = a, b
-        self.Kmat = B.build_kernel(self.S, self.lam, a, b, out=self.Kmat)
+        self._build(a, b)
         self.x, self.v = b, cols.ones
         if x is not None:
             with np.errstate(invalid="ignore"):
@@ -161,16 +185,82 @@ class _StoredKernel:
     def point(self) -> _KernelPoint:
         return _KernelPoint(self.a, self.u, self.b, self.v)
 
+    def _lost(self, rows: Callable[[], Any] | None, top: float, b_up: Any, log_v: Any) -> float:
+        """Log of the largest share of a cluster's mass the stored zeros may hide.
+
+        An entry stored as 0 was below ``e^floor`` in the frame of the build or of a
+        rescale; in the plan it is now below ``c_i e^(floor + A_i + B_k)``, with ``A_i``
+        (``rows()``, None: the bound with ``top`` alone; at most ``top``) bounding
+        ``a_i - min a_i + log(u_i / c_i)`` and
+        ``B_k = b_up_k + log v_k`` (minimums over the frames since the build), so cluster
+        k loses below ``e^(floor + B_k) sum_i c_i e^A_i`` of its mass.
+        """
+        B, xp, cols = self.B, self.B.xp, self.cols
+        with np.errstate(invalid="ignore"):
+            Bk = B.max_float(xp.where(cols.active, b_up + log_v - cols.log_r, -np.inf))
+        lost = self.floor + self.log_mass + top + Bk
+        if lost > self.LOST and rows is not None:  # too loose with max_i A_i: sum
+            with np.errstate(divide="ignore", under="ignore"):
+                w = rows()  # one N-vector, worked on in place
+                w -= top
+                xp.exp(w, out=w)
+                w *= self.c
+                total = B.allsum(np.array([float(w.sum())]))[0]
+            lost = self.floor + np.log(total) + top + Bk
+        return float(lost)
+
     def move(self, x: Any) -> bool:
-        """Evaluate ``x`` next; False when the scalings would leave range (absorb)."""
+        """Evaluate ``x`` next; False when the scalings cannot be absorbed (rescue).
+
+        Within ``tau`` of the frame: ``v`` moves. Beyond it: the scalings are absorbed into
+        the frame, by a rescale of the kernel in place while the stored zeros stay
+        negligible (:meth:`_lost`), else by a rebuild from the scores; a proposal more
+        than ``tau`` from the point just evaluated goes through the exact log step. One decision over
+        the N points per check (``max |log(u / c)|``), as many as before.
+        """
         B, xp, cols = self.B, self.B.xp, self.cols
         with np.errstate(divide="ignore", invalid="ignore"):
             log_v = xp.where(cols.active, x - self.b, cols.zeros)
-            row_scale = xp.where(self.c > 0, self.u / self.c, cols.ones[:1])
-            log_spread = max(B.max_float(xp.abs(log_v)), B.max_float(xp.abs(xp.log(row_scale))))
-        if not log_spread <= self.tau:
+            row_log = self.u / self.c  # log(u / c), 0 for points of mass 0 (in place)
+            xp.log(row_log, out=row_log)
+            row_log[~(self.c > 0)] = 0.0
+            log_dv = xp.where(cols.active, log_v - xp.log(self.v), 0.0)
+            row_max = B.max_float(xp.abs(row_log))  # NaN or inf: not finite
+        if not (B.all_finite(log_v) and np.isfinite(row_max)):
             return False
-        self.v, self.x = xp.exp(log_v), x
+        # u_i = c_i / sum_k Kmat_ik v_k: the next sweep's u / c moves from this one's by at
+        # most the largest change of log v, and grows by at most its largest fall
+        step = B.max_float(xp.abs(log_dv))
+        grow = max(B.max_float(-log_dv), 0.0)
+        spread = max(B.max_float(xp.abs(log_v)), row_max + step)
+        rows = lambda: self.a_up + row_log + grow  # noqa: E731
+        if spread <= self.tau:
+            top = self.a_up_max + row_max + grow  # >= a_up_i + log(u_i / c_i) next sweep
+            if self._lost(None, top, self.b_up, log_v) > self.LOST:  # then sharper
+                top = self.a_up_max + B.max_float(row_log) + grow
+            if self._lost(rows, top, self.b_up, log_v) <= self.LOST:
+                self.v, self.x = xp.exp(log_v), x
+                return True
+        if step > self.tau:  # a jump beyond the frame: the exact log step at x (rescue)
+            return False
+        # absorbed: a += log(u / c), b = x; how far each rose above its lowest frame
+        a_up = self.a_up + row_log
+        a_up[~(a_up > 0.0)] = 0.0
+        a_up_max = B.max_float(a_up)
+        b = xp.where(cols.active, x, self.b)
+        with np.errstate(invalid="ignore"):
+            b_up = self.b_up + log_v
+            b_up = xp.where(cols.active & (b_up > 0.0), b_up, 0.0)
+        if self._lost(lambda: a_up + grow, a_up_max + grow, b_up, cols.zeros) <= self.LOST:
+            self.Kmat = B.rescale_kernel(self.Kmat, row_log, log_v)
+            self.a, self.b, self.b_up = self.a + row_log, b, b_up
+            self.a_up, self.a_up_max = a_up, a_up_max
+            self.rescales += 1
+        else:
+            del a_up
+            self._build(self.a + row_log, b)
+            self.rebuilds += 1
+        self.v, self.x = cols.ones, x
         return True
 
 
@@ -178,7 +268,7 @@ class _StreamedKernel:
     """Sweeps without a stored kernel: ``exp(lam S + a + x)`` recomputed from the scores,
     ``a`` the row potentials of the previous sweep (rows of it sum to about 1)."""
 
-    def __init__(self, B: Backend, S: Any, lam: float, c: Any, cols: _Columns) -> None:
+    def __init__(self, B: Backend, S: Any, lam: float, c: Any, cols: _Columns, tol: float) -> None:
         self.B, self.S, self.lam, self.c, self.cols = B, S, lam, c, cols
         self.a = self.x = self.a_next = self.mass = None
 
@@ -259,7 +349,7 @@ def iterate(
     with np.errstate(divide="ignore"):
         log_c = xp.log(c)
     cols = _Columns(B, r)
-    mode = (_StreamedKernel if stream else _StoredKernel)(B, S, lam, c, cols)
+    mode = (_StreamedKernel if stream else _StoredKernel)(B, S, lam, c, cols, tol)
     progress = _Progress(tol, on_check)
     mixer = Anderson(B.to_numpy(cols.active).astype(bool), memory) if memory > 0 else None
 

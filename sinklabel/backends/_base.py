@@ -31,6 +31,9 @@ counts; it supplies:
     of the previous sweep, so rows of E sum to about 1), returns ``a_i - log sum_k E_ik``
     (rows exact at ``g``) and the column masses ``sum_i c_i E_ik / sum_k E_ik``. No
     N x K array; the driver rescues through ``log_sweep`` if a row overflows.
+``rescale_kernel(Kmat, row_log, col_log)``
+    ``Kmat *= exp(row_log_i + col_log_k)`` in place (below the floor: 0): absorbs the
+    scalings into the kernel's frame without reading the scores.
 ``adopt(S, device)``
     The scores as the backend computes on them (its library, on ``device``; ``None``:
     where they are, or the host for a numpy array); ``TypeError`` for arrays it cannot
@@ -170,6 +173,28 @@ class Backend:
 
     def gather(self, S: Any, labels: Any) -> Any:
         raise NotImplementedError
+
+    def rescale_kernel(self, Kmat: Any, row_log: Any, col_log: Any) -> Any:
+        """``Kmat *= exp(row_log_i + col_log_k)`` in place: absorption without the scores.
+
+        One read and one write of the kernel, where a rebuild is a pass of ``exp`` over
+        the scores. Results below ``exp_floor`` become exactly 0 (entries already 0 stay
+        0: the driver bounds how far the frame may move before it rebuilds), overflows
+        inf (the driver then rescues through ``log_sweep``). This default works in row
+        blocks of float64 with ``xp``; backends may fuse it.
+        """
+        xp = self.xp
+        n, k = Kmat.shape
+        thr = float(np.exp(self.exp_floor(np.float32 if Kmat.dtype.itemsize <= 4 else np.float64)))
+        col = xp.exp(col_log)
+        step = max(1, (1 << 20) // max(k, 1))
+        with np.errstate(over="ignore", invalid="ignore"):
+            for start in range(0, n, step):
+                blk = Kmat[start : start + step]
+                x = blk * (xp.exp(row_log[start : start + step])[:, None] * col)  # float64
+                x[~(x >= thr)] = 0.0
+                blk[...] = x
+        return Kmat
 
     # -- small helpers the driver uses (host scalars) ---------------------------------
     def max_float(self, x: Any) -> float:

@@ -7,13 +7,19 @@ parallel, one K-vector of float64 accumulators per chunk (no N x K temporaries):
   (rows exact), then ``acc += u_i Kmat_i`` while the rows are still in L1. For a
   float32 kernel the dots and updates run in float32 (16 lanes) and the partial sums
   are flushed into the float64 accumulators every ``_FLUSH`` rows: the relative
-  rounding of the column masses stays below ~1e-6, far under any useful ``tol``, and
-  the sweep costs about 1.1 streaming reads of the kernel (``benchmarks/RESULTS.md``).
+  rounding of the column masses stays below ~1e-6, far under any useful ``tol``. The
+  float32 operands are scaled by powers of two to about 1 (``_scales``), so that no
+  product is subnormal: an Intel core takes a microcode assist per subnormal result
+  (the sweep cost 1.9 reads there, 1.1 with the scaling; AMD cores hardly notice).
 - ``stream_sweep``: the same with the kernel recomputed from the scores (a float32
-  ``exp`` per entry, vectorised): no N x K array, about 3 reads' time.
-- ``log_sweep``, ``build_kernel``: the exp-heavy passes (one at the start and one at each
-  rare absorption) use a branch-free, vectorisable ``exp`` (Cody-Waite reduction and a
-  degree-12 polynomial, ~1 ulp in float64); numba's ``math.exp`` is a scalar libm call.
+  ``exp`` per entry, vectorised): no N x K array, about 3.5 reads' time.
+- ``log_sweep``: one float64 ``exp`` per entry (the row's values kept in L1 for the
+  column sums); columns whose mass that cannot resolve (below e^-680) are summed again
+  exactly over those columns alone. ``build_kernel`` (float32): the argument in float64,
+  the polynomial in float32 (``_expf64``), about 1.5x faster than the float64 ``exp``.
+  Both ``exp`` are branch-free and vectorise (Cody-Waite reduction and a polynomial);
+  numba's ``math.exp`` is a scalar libm call.
+- ``rescale_kernel``: one read and one write of the kernel, in float64 (absorption).
 - ``scan``, ``argmax``: one read each, no temporaries.
 
 Fast-math: explicit flag sets without ``nnan``/``ninf``, so NaN and inf still propagate
@@ -126,8 +132,13 @@ def _chunk_sum(accs):
 
 
 @njit(fastmath=_FAST, nogil=True, cache=True, error_model="numpy")
-def _sweep_rows32(K, vk, c, u, acc, lo, hi):
-    """Rows lo..hi, float32: u_i = c_i / (K_i . v) (rows exact), acc += u_i K_i.
+def _sweep_rows32(K, vk, c, u, acc, lo, hi, su):
+    """Rows lo..hi, float32: u_i = c_i / (K_i . v) (rows exact), acc += su u_i K_i.
+
+    ``su`` scales the float32 row factors to about 1 (the caller divides ``acc`` by it):
+    with ``u_i`` ~ 1/N the products ``u_i K_ik`` of small kernel entries were subnormal,
+    and a subnormal result costs an Intel core a microcode assist (measured: the sweep
+    took 1.9 reads' time instead of 1.14 on a 2-core Xeon; AMD cores hardly notice).
 
     Eight rows at a time: one loop takes their eight dot products (eight memory
     streams), a second adds all eight into the column sums while they are in L1, so the
@@ -161,8 +172,8 @@ def _sweep_rows32(K, vk, c, u, acc, lo, hi):
         u6, u7 = c[i + 6] / np.float64(s6), c[i + 7] / np.float64(s7)
         u[i], u[i + 1], u[i + 2], u[i + 3] = u0, u1, u2, u3
         u[i + 4], u[i + 5], u[i + 6], u[i + 7] = u4, u5, u6, u7
-        a0, a1, a2, a3 = np.float32(u0), np.float32(u1), np.float32(u2), np.float32(u3)
-        a4, a5, a6, a7 = np.float32(u4), np.float32(u5), np.float32(u6), np.float32(u7)
+        a0, a1, a2, a3 = np.float32(u0 * su), np.float32(u1 * su), np.float32(u2 * su), np.float32(u3 * su)
+        a4, a5, a6, a7 = np.float32(u4 * su), np.float32(u5 * su), np.float32(u6 * su), np.float32(u7 * su)
         for j in range(k):
             part[j] += (r0[j] * a0 + r1[j] * a1 + r2[j] * a2 + r3[j] * a3) + (
                 r4[j] * a4 + r5[j] * a5 + r6[j] * a6 + r7[j] * a7
@@ -181,7 +192,7 @@ def _sweep_rows32(K, vk, c, u, acc, lo, hi):
             s += row[j] * vk[j]
         ui = c[i] / np.float64(s)
         u[i] = ui
-        uk = np.float32(ui)
+        uk = np.float32(ui * su)
         for j in range(k):
             part[j] += row[j] * uk
         i += 1
@@ -221,14 +232,14 @@ def _sweep_rows64(K, vk, c, u, acc, lo, hi):
 
 
 @njit(parallel=True, fastmath=_FAST, cache=True, error_model="numpy")
-def _sweep(K, vk, c, u, n_chunks, single):
+def _sweep(K, vk, c, u, n_chunks, single, su):
     n, k = K.shape
     accs = np.zeros((n_chunks, k))
     for t in prange(n_chunks):
         lo = t * n // n_chunks
         hi = (t + 1) * n // n_chunks
         if single:
-            _sweep_rows32(K, vk, c, u, accs[t], lo, hi)
+            _sweep_rows32(K, vk, c, u, accs[t], lo, hi, su)
         else:
             _sweep_rows64(K, vk, c, u, accs[t], lo, hi)
     return _chunk_sum(accs)
@@ -275,14 +286,17 @@ def _scan(S, n_chunks):
 
 
 @njit(fastmath=_FAST, nogil=True, cache=True, error_model="numpy")
-def _log_sweep_rows(S, lam, g, log_c, a, col_ref, col_sum, lo, hi):
-    """Rows lo..hi of the exact log-domain step; column sums kept as sum exp(y - col_ref).
+def _log_sweep_rows1(S, lam, g, log_c, a, mass, lo, hi):
+    """Rows lo..hi of the log-domain step with one ``exp`` per entry (float64, exact).
 
-    ``col_ref`` starts at -1e300 (finite, so that -inf entries give exp(-inf) = 0) and
-    only increases: a row with an entry more than 60 above its column's reference
-    rescales that column's running sum first, so the sums never overflow.
+    ``e_ik = exp(lam S_ik + g_k - m_i)`` (``m_i`` the row's maximum) gives the row's
+    log-sum-exp and, times ``c_i / sum_k e_ik``, the plan's entries, summed per column
+    into ``mass``. Entries below e^-708 of their row's largest are dropped (at most
+    ``e^-708 sum(c)`` per column): a column whose mass is not far above that is summed
+    again exactly (``_col_lse_rows``).
     """
     k = S.shape[1]
+    buf = np.empty(k)
     for i in range(lo, hi):
         row = S[i]
         m = -np.inf
@@ -290,23 +304,60 @@ def _log_sweep_rows(S, lam, g, log_c, a, col_ref, col_sum, lo, hi):
             m = max(m, np.float64(row[j]) * lam + g[j])
         z = 0.0
         for j in range(k):
-            z += _exp(np.float64(row[j]) * lam + g[j] - m)
-        ai = -(m + math.log(z))
-        a[i] = ai
-        shift = log_c[i] + ai  # y = lam S + g + shift is log Q: rows sum to c_i
-        if shift == -np.inf:
-            continue  # a point of mass 0 adds nothing
-        high = 0
-        for j in range(k):
-            high += np.float64(row[j]) * lam + g[j] + shift > col_ref[j] + 60.0
-        if high:
+            e = _exp(np.float64(row[j]) * lam + g[j] - m)
+            buf[j] = e
+            z += e
+        lz = math.log(z)
+        a[i] = -(m + lz)
+        w = _exp(log_c[i] - lz)  # c_i / z (0 for a point of mass 0)
+        if w > 0:
             for j in range(k):
-                y = np.float64(row[j]) * lam + g[j] + shift
-                if y > col_ref[j] + 60.0:
-                    col_sum[j] *= _exp(col_ref[j] - y)
-                    col_ref[j] = y
-        for j in range(k):
-            col_sum[j] += _exp(np.float64(row[j]) * lam + g[j] + shift - col_ref[j])
+                mass[j] += w * buf[j]
+
+
+@njit(fastmath=_FAST, nogil=True, cache=True, error_model="numpy")
+def _col_lse_rows(S, lam, g, log_c, a, cols, col_ref, col_sum, lo, hi):
+    """Rows lo..hi of the exact column log-sum-exp of the columns ``cols`` only, kept as
+    sum exp(y - col_ref): ``col_ref`` starts at -1e300 (finite, so that -inf entries give
+    exp(-inf) = 0) and only increases; an entry more than 60 above it rescales the
+    column's running sum first, so the sums never overflow."""
+    for i in range(lo, hi):
+        row = S[i]
+        shift = log_c[i] + a[i]
+        if shift == -np.inf:
+            continue
+        for t in range(cols.shape[0]):
+            j = cols[t]
+            y = np.float64(row[j]) * lam + g[j] + shift
+            if y > col_ref[t] + 60.0:
+                col_sum[t] *= _exp(col_ref[t] - y)
+                col_ref[t] = y
+            col_sum[t] += _exp(y - col_ref[t])
+
+
+@njit(parallel=True, fastmath=_FAST, cache=True, error_model="numpy")
+def _log_sweep1(S, lam, g, log_c, a, masses):
+    n = S.shape[0]
+    n_chunks = masses.shape[0]
+    for t in prange(n_chunks):
+        _log_sweep_rows1(S, lam, g, log_c, a, masses[t], t * n // n_chunks, (t + 1) * n // n_chunks)
+
+
+@njit(parallel=True, fastmath=_FAST, cache=True, error_model="numpy")
+def _col_lse(S, lam, g, log_c, a, cols, refs, sums):
+    n = S.shape[0]
+    n_chunks = refs.shape[0]
+    for t in prange(n_chunks):
+        _col_lse_rows(S, lam, g, log_c, a, cols, refs[t], sums[t], t * n // n_chunks, (t + 1) * n // n_chunks)
+
+
+@njit(fastmath=_FAST, nogil=True, cache=True, error_model="numpy")
+def _sum_exp(x):
+    """sum(exp(x)) without a temporary."""
+    total = 0.0
+    for i in range(x.shape[0]):
+        total += _exp(x[i])
+    return total
 
 
 @njit(fastmath=_FAST, cache=True, error_model="numpy")
@@ -325,21 +376,12 @@ def _merge_lse(refs, sums):
     return col_lse
 
 
-@njit(parallel=True, fastmath=_FAST, cache=True, error_model="numpy")
-def _log_sweep(S, lam, g, log_c, a, refs, sums):
-    n = S.shape[0]
-    n_chunks = refs.shape[0]
-    for t in prange(n_chunks):
-        lo = t * n // n_chunks
-        hi = (t + 1) * n // n_chunks
-        _log_sweep_rows(S, lam, g, log_c, a, refs[t], sums[t], lo, hi)
-
-
 # -- kernel --------------------------------------------------------------------------------
 
 
 @njit(fastmath=_FAST, nogil=True, cache=True, error_model="numpy")
 def _build_rows(S, lam, a, b, floor, out, lo, hi):
+    """Rows lo..hi of a float64 kernel."""
     k = S.shape[1]
     for i in range(lo, hi):
         row = S[i]
@@ -350,11 +392,48 @@ def _build_rows(S, lam, a, b, floor, out, lo, hi):
             dst[j] = _exp(x) if x >= floor else 0.0  # below the floor (or -inf): exactly 0
 
 
+@njit(fastmath=_FAST, nogil=True, cache=True, error_model="numpy")
+def _build_rows32(S, lam, a, b, floor, out, lo, hi):
+    """Rows lo..hi of a float32 kernel (the argument in float64, ``_expf64``)."""
+    k = S.shape[1]
+    for i in range(lo, hi):
+        row = S[i]
+        dst = out[i]
+        ai = a[i]
+        for j in range(k):
+            x = np.float64(row[j]) * lam + ai + b[j]
+            dst[j] = _expf64(x) if x >= floor else np.float32(0.0)
+
+
 @njit(parallel=True, fastmath=_FAST, cache=True, error_model="numpy")
-def _build(S, lam, a, b, floor, out, n_chunks):
+def _build(S, lam, a, b, floor, out, n_chunks, single):
     n = S.shape[0]
     for t in prange(n_chunks):
-        _build_rows(S, lam, a, b, floor, out, t * n // n_chunks, (t + 1) * n // n_chunks)
+        lo, hi = t * n // n_chunks, (t + 1) * n // n_chunks
+        if single:
+            _build_rows32(S, lam, a, b, floor, out, lo, hi)
+        else:
+            _build_rows(S, lam, a, b, floor, out, lo, hi)
+
+
+@njit(fastmath=_FAST, nogil=True, cache=True, error_model="numpy")
+def _rescale_rows(K, ra, cb, thr, lo, hi):
+    """Rows lo..hi of ``K *= ra cb^T`` in place, in float64 (no subnormal on the way);
+    results below ``thr`` (the floor) become exactly 0, overflows inf."""
+    k = K.shape[1]
+    for i in range(lo, hi):
+        row = K[i]
+        f = ra[i]
+        for j in range(k):
+            y = np.float64(row[j]) * (f * cb[j])
+            row[j] = y if y >= thr else 0.0
+
+
+@njit(parallel=True, fastmath=_FAST, cache=True, error_model="numpy")
+def _rescale(K, ra, cb, thr, n_chunks):
+    n = K.shape[0]
+    for t in prange(n_chunks):
+        _rescale_rows(K, ra, cb, thr, t * n // n_chunks, (t + 1) * n // n_chunks)
 
 
 # -- streamed sweep (no stored kernel) ------------------------------------------------------
@@ -379,7 +458,8 @@ def _f32_from_bits(typingctx, bits):
 def _expf(x):
     """float32 exp (Cephes expf: ~1 ulp), branch-free; 0 below -87 (no subnormals)."""
     xc = min(max(x, np.float32(-87.3)), np.float32(88.5))
-    n = math.floor(xc * np.float32(_LOG2E) + np.float32(0.5))
+    # np.floor keeps float32 (math.floor gives an int64, and float32 * int64 is float64)
+    n = np.floor(xc * np.float32(_LOG2E) + np.float32(0.5))
     r = xc - n * np.float32(0.693359375)
     r = r - n * np.float32(-2.12194440e-4)
     p = np.float32(1.9875691500e-4)
@@ -389,15 +469,44 @@ def _expf(x):
     p = p * r + np.float32(1.6666665459e-1)
     p = p * r + np.float32(5.0000001201e-1)
     p = p * r * r + r + np.float32(1.0)
-    y = p * _f32_from_bits((np.int64(n) + 127) << 23)
+    y = p * _f32_from_bits((np.int32(n) + np.int32(127)) << np.int32(23))
     y = np.float32(0.0) if x < np.float32(-87.0) else y
     y = np.float32(np.inf) if x > np.float32(88.7) else y
     return x if x != x else y
 
 
+@njit(fastmath=_EXACT, cache=True, error_model="numpy")
+def _expf64(x):
+    """exp of a float64 argument as a float32, to float32 accuracy (~1 ulp), branch-free.
+
+    The argument reduction ``x = n ln 2 + r`` is done in float64 (exact for the large
+    arguments of ``lam S + a + b``), the polynomial (Cephes expf) in float32: about 1.5x
+    faster than the float64 ``_exp`` in the exp-heavy passes. 0 below -87 (the result is
+    never subnormal: a subnormal costs an Intel core a microcode assist), inf above 88.7,
+    NaN for NaN.
+    """
+    xc = min(max(x, -87.0), 88.5)
+    n = np.floor(xc * _LOG2E + 0.5)
+    r = np.float32(xc - n * 0.6931471805599453)
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    p = p * r * r + r + np.float32(1.0)
+    y = p * _f32_from_bits((np.int32(n) + np.int32(127)) << np.int32(23))
+    y = np.float32(0.0) if x < -87.0 else y
+    y = np.float32(np.inf) if x > 88.7 else y
+    return np.float32(x) if x != x else y
+
+
 @njit(fastmath=_FAST, nogil=True, cache=True, error_model="numpy")
-def _stream_rows32(S, lam, a, g, c, a_next, acc, lo, hi):
-    """Rows lo..hi of the streamed sweep, float32: E = exp(lam S + a_i + g) on the fly."""
+def _stream_rows32(S, lam, a, g, c, a_next, acc, lo, hi, su):
+    """Rows lo..hi of the streamed sweep, float32: E = exp(lam S + a_i + g) on the fly.
+
+    ``acc`` receives ``su`` times the column masses (``su`` as in ``_sweep_rows32``).
+    """
     k = S.shape[1]
     buf = np.empty(k, dtype=np.float32)
     part = np.zeros(k, dtype=np.float32)
@@ -413,7 +522,7 @@ def _stream_rows32(S, lam, a, g, c, a_next, acc, lo, hi):
             s += e
         s64 = np.float64(s)
         a_next[i] = a[i] - math.log(s64)  # rows of the plan sum to c_i exactly
-        uk = np.float32(c[i] / s64)
+        uk = np.float32(c[i] / s64 * su)
         for j in range(k):
             part[j] += buf[j] * uk
         count += 1
@@ -446,7 +555,7 @@ def _stream_rows64(S, lam, a, g, c, a_next, acc, lo, hi):
 
 
 @njit(parallel=True, fastmath=_FAST, cache=True, error_model="numpy")
-def _stream(S, lam, a, g, c, a_next, n_chunks, single):
+def _stream(S, lam, a, g, c, a_next, n_chunks, single, su):
     n, k = S.shape
     accs = np.zeros((n_chunks, k))
     g32 = g.astype(np.float32)
@@ -454,7 +563,7 @@ def _stream(S, lam, a, g, c, a_next, n_chunks, single):
         lo = t * n // n_chunks
         hi = (t + 1) * n // n_chunks
         if single:
-            _stream_rows32(S, lam, a, g32, c, a_next, accs[t], lo, hi)
+            _stream_rows32(S, lam, a, g32, c, a_next, accs[t], lo, hi, su)
         else:
             _stream_rows64(S, lam, a, g, c, a_next, accs[t], lo, hi)
     return _chunk_sum(accs)
@@ -466,16 +575,18 @@ def _stream(S, lam, a, g, c, a_next, n_chunks, single):
 @njit(nogil=True, cache=True, error_model="numpy")
 def _argmax_rows(S, lam, g, labels, lo, hi):
     # no fast-math: the same arithmetic as the numpy reference, so the same ties
+    # the maximum first (a reduction that vectorises), then its first index
     k = S.shape[1]
     for i in range(lo, hi):
         row = S[i]
         best = -np.inf
+        for j in range(k):
+            best = max(best, np.float64(row[j]) * lam + g[j])
         arg = 0
         for j in range(k):
-            x = np.float64(row[j]) * lam + g[j]
-            if x > best:
-                best = x
+            if np.float64(row[j]) * lam + g[j] == best:
                 arg = j
+                break
         labels[i] = arg
 
 
@@ -484,6 +595,25 @@ def _argmax(S, lam, g, labels, n_chunks):
     n = S.shape[0]
     for t in prange(n_chunks):
         _argmax_rows(S, lam, g, labels, t * n // n_chunks, (t + 1) * n // n_chunks)
+
+
+def _scales(v: np.ndarray, c: np.ndarray) -> tuple[float, float]:
+    """Scales that keep the float32 operands of a sweep near 1 (products never subnormal).
+
+    ``sv`` centres ``v`` geometrically (its positive entries then span e^±tau around 1
+    at most); ``su`` brings the row factors ``u_i = c_i / (K_i . sv v)``, about
+    ``c_i / sv``, to about 1 for the heaviest rows. Both are powers of two, so the scaled
+    arithmetic rounds exactly as the unscaled one would.
+    """
+    pos = v[v > 0]
+    sv = 1.0
+    if pos.size:
+        lo, hi = float(pos.min()), float(pos.max())
+        if 0.0 < lo and hi < np.inf:
+            sv = 2.0 ** -round(0.5 * (math.log2(lo) + math.log2(hi)))
+    cmax = float(c.max()) if c.size else 1.0
+    su = 2.0 ** -round(math.log2(cmax / sv)) if 0.0 < cmax < np.inf else 1.0
+    return sv, su
 
 
 class NumbaBackend(NumpyBackend):
@@ -535,13 +665,26 @@ class NumbaBackend(NumpyBackend):
         g = np.ascontiguousarray(g, dtype=np.float64)
         log_c = np.ascontiguousarray(log_c, dtype=np.float64)
         chunks = _chunks(S)
-        refs = np.full((chunks, k), -1e300)
-        sums = np.zeros((chunks, k))
+        masses = np.zeros((chunks, k))
         if chunks == 1:
-            _log_sweep_rows(S, float(lam), g, log_c, a, refs[0], sums[0], 0, n)
+            _log_sweep_rows1(S, float(lam), g, log_c, a, masses[0], 0, n)
         else:
-            _log_sweep(S, float(lam), g, log_c, a, refs, sums)
-        return a, _merge_lse(refs, sums)
+            _log_sweep1(S, float(lam), g, log_c, a, masses)
+        mass = _chunk_sum(masses)
+        with np.errstate(divide="ignore"):
+            col_lse = np.log(mass)
+            # dropped: below e^-708 of its row's top entry, at most e^-708 sum(c) per column
+            trusted = col_lse >= math.log(_sum_exp(log_c)) - 708.0 + 20.0
+        cols = np.flatnonzero(~trusted & (g > -np.inf))
+        if cols.size:
+            refs = np.full((chunks, cols.size), -1e300)
+            sums = np.zeros((chunks, cols.size))
+            if chunks == 1:
+                _col_lse_rows(S, float(lam), g, log_c, a, cols, refs[0], sums[0], 0, n)
+            else:
+                _col_lse(S, float(lam), g, log_c, a, cols, refs, sums)
+            col_lse[cols] = _merge_lse(refs, sums)
+        return a, col_lse
 
     def build_kernel(self, S, lam, a, b, out=None):
         if not self._native(S):
@@ -552,22 +695,45 @@ class NumbaBackend(NumpyBackend):
             out = np.empty((n, k), dtype=dtype)
         b = np.ascontiguousarray(b, dtype=np.float64)
         chunks = _chunks(S)
-        if chunks == 1:
-            _build_rows(S, float(lam), a, b, self.exp_floor(dtype), out, 0, n)
+        single = out.dtype == np.float32
+        if chunks > 1:
+            _build(S, float(lam), a, b, self.exp_floor(dtype), out, chunks, single)
         else:
-            _build(S, float(lam), a, b, self.exp_floor(dtype), out, chunks)
+            (_build_rows32 if single else _build_rows)(S, float(lam), a, b, self.exp_floor(dtype), out, 0, n)
         return out
+
+    def rescale_kernel(self, Kmat, row_log, col_log):
+        if Kmat.dtype not in (np.float32, np.float64):
+            return super().rescale_kernel(Kmat, row_log, col_log)
+        with np.errstate(over="ignore"):
+            ra = np.exp(np.ascontiguousarray(row_log, dtype=np.float64))
+            cb = np.exp(np.ascontiguousarray(col_log, dtype=np.float64))
+        thr = math.exp(self.exp_floor(Kmat.dtype))
+        chunks = _chunks(Kmat)
+        if chunks > 1:
+            _rescale(Kmat, ra, cb, thr, chunks)
+        else:
+            _rescale_rows(Kmat, ra, cb, thr, 0, Kmat.shape[0])
+        return Kmat
 
     def sweep(self, Kmat, v, c):
         n, k = Kmat.shape
         u = np.empty(n, dtype=np.float64)
         single = Kmat.dtype == np.float32
-        vk = np.ascontiguousarray(v, dtype=Kmat.dtype)
+        sv, su = _scales(v, c) if single else (1.0, 1.0)
+        vk = np.ascontiguousarray(v * sv if sv != 1.0 else v, dtype=Kmat.dtype)
         chunks = _chunks(Kmat)
         if chunks > 1:
-            return u, _sweep(Kmat, vk, c, u, chunks, single)
-        acc = np.zeros(k)
-        (_sweep_rows32 if single else _sweep_rows64)(Kmat, vk, c, u, acc, 0, n)
+            acc = _sweep(Kmat, vk, c, u, chunks, single, su)
+        else:
+            acc = np.zeros(k)
+            if single:
+                _sweep_rows32(Kmat, vk, c, u, acc, 0, n, su)
+            else:
+                _sweep_rows64(Kmat, vk, c, u, acc, 0, n)
+        if single:  # back from the scaled float32 operands: u = sv u', acc = sv acc' / su
+            u *= sv
+            acc *= sv / su
         return u, acc
 
     def stream_sweep(self, S, lam, a, g, c):
@@ -577,14 +743,18 @@ class NumbaBackend(NumpyBackend):
         a_next = np.empty(n, dtype=np.float64)
         g = np.ascontiguousarray(g, dtype=np.float64)
         single = S.dtype == np.float32
+        su = _scales(np.ones(1), c)[1] if single else 1.0
         chunks = _chunks(S)
         if chunks > 1:
-            return a_next, _stream(S, float(lam), a, g, c, a_next, chunks, single)
-        mass = np.zeros(k)
-        if single:
-            _stream_rows32(S, float(lam), a, g.astype(np.float32), c, a_next, mass, 0, n)
+            mass = _stream(S, float(lam), a, g, c, a_next, chunks, single, su)
         else:
-            _stream_rows64(S, float(lam), a, g, c, a_next, mass, 0, n)
+            mass = np.zeros(k)
+            if single:
+                _stream_rows32(S, float(lam), a, g.astype(np.float32), c, a_next, mass, 0, n, su)
+            else:
+                _stream_rows64(S, float(lam), a, g, c, a_next, mass, 0, n)
+        if single:
+            mass /= su
         return a_next, mass
 
     def argmax(self, S, lam, g):

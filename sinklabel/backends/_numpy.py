@@ -107,11 +107,13 @@ class NumpyBackend(Backend):
         return out
 
     def sweep(self, Kmat, v, c):
-        vk = v.astype(Kmat.dtype)
-        s = Kmat @ vk
-        with np.errstate(divide="ignore", invalid="ignore"):
+        # a kernel that overflowed in a rescale holds inf: NaN and inf reach u and acc
+        # silently, and the driver rescues through log_sweep
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            vk = v.astype(Kmat.dtype)
+            s = Kmat @ vk
             u = c / s.astype(np.float64)
-        acc = (u.astype(Kmat.dtype) @ Kmat).astype(np.float64)
+            acc = (u.astype(Kmat.dtype) @ Kmat).astype(np.float64)
         return u, acc
 
     def stream_sweep(self, S, lam, a, g, c):
