@@ -190,10 +190,10 @@ def test_compare_cluster_sizes_and_budget_points(tmp_path):
     row = dict(name="SeLa", num_clusters=[10, 50, 50], history=hist)
     lines = compare.sizes_summary([("a", row)]).splitlines()
     assert lines[0] == (
-        "| run | step 0, K=10 | step 0, K=50 | all steps, K=10 | all steps, K=50 "
-        "| steps with an empty cluster |"
+        "| run | step 0, K=10 | step 0, K=50 | last step, K=10 | last step, K=50 | all steps, K=10 "
+        "| all steps, K=50 | steps with an empty cluster |"
     )
-    assert lines[2] == "| a | 3…40 | 0…9 | 3…40 | 0…9 | 1 of 2 |"
+    assert lines[2] == "| a | 3…40 | 0…9 | 9…12 | 2…6 | 3…40 | 0…9 | 1 of 2 |"
     assert compare.sizes_table(row).splitlines()[3] == "| 1 | 1.50 | 9…12 | 2…5 | 2…6 |"
 
     # the budget curve takes the rows whose config is the default but for epochs and label steps

@@ -211,15 +211,15 @@ def sizes_table(r: dict) -> str:
 
 def sizes_summary(named: list[tuple[str, dict]]) -> str:
     """One line per labelled row: the smallest…largest cluster over the heads of each K, at the
-    first label step (on the untrained network) and over all label steps, and how many steps
-    left a cluster empty in some head."""
+    first label step (on the untrained network), at the last and over all label steps, and how
+    many steps left a cluster empty in some head."""
     ks = sorted({k for _, r in named for k in r["num_clusters"]})
 
     def rng(h: dict, k: int, ns: list[int]) -> tuple[int, int]:
         t = [i for i, kk in enumerate(ns) if kk == k]
         return min(h["size_min"][i] for i in t), max(h["size_max"][i] for i in t)
 
-    cols = [f"step 0, K={k}" for k in ks] + [f"all steps, K={k}" for k in ks]
+    cols = [f"{when}, K={k}" for when in ("step 0", "last step", "all steps") for k in ks]
     lines = [
         "| run | " + " | ".join(cols) + " | steps with an empty cluster |",
         "|" + "---|" * (len(cols) + 2),
@@ -227,11 +227,12 @@ def sizes_summary(named: list[tuple[str, dict]]) -> str:
     for name, r in named:
         hist, ns = r["history"], r["num_clusters"]
         first = [rng(hist[0], k, ns) if k in ns else None for k in ks]
+        last = [rng(hist[-1], k, ns) if k in ns else None for k in ks]
         every = [
             (min(rng(h, k, ns)[0] for h in hist), max(rng(h, k, ns)[1] for h in hist)) if k in ns else None
             for k in ks
         ]
-        cells = ["–" if c is None else f"{c[0]}…{c[1]}" for c in first + every]
+        cells = ["–" if c is None else f"{c[0]}…{c[1]}" for c in first + last + every]
         empty = sum(min(h["size_min"]) == 0 for h in hist)
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {empty} of {len(hist)} |")
     return "\n".join(lines)
