@@ -50,16 +50,19 @@ import numpy as np
 
 from ._arrays import array_library, hand_back, stack, to_host
 from ._balanced import balance_head, resolve_balanced, uncertified_message
+from ._feasibility import check_feasible
 from ._iteration import iterate
 from ._result import ConvergenceWarning, HeadResult, Result
 from ._sizes import integer_sizes
 from ._validate import (
     check_lam,
+    check_lam_scale,
     check_max_iter,
     check_positive_float,
     check_prior,
     check_score_dtype,
     check_weights,
+    score_extent,
     split_heads,
 )
 from .backends import get_backend, pick_backend
@@ -290,6 +293,7 @@ class Arguments:
     priors: list  # per head: None or the prior as given
     weights: np.ndarray | None  # this process's weights on the host, checked, not normalised
     warm: list  # per head: float64 column log-potentials to start from
+    neginf: list  # per head: whether this process's scores hold any -inf
     started: float  # time.perf_counter() at the call
 
     @property
@@ -337,8 +341,13 @@ def arguments(
         B = backend
     else:
         B = get_backend(pick_backend(library, device) if backend == "auto" else backend)
+    neginf = []  # per head: whether the scores hold -inf (for prepare's feasibility check)
     for t, S in enumerate(heads):
-        check_score_dtype(S, f"scores[{t}]" if multi else "scores")
+        where = f"scores[{t}]" if multi else "scores"
+        check_score_dtype(S, where)
+        max_abs, has_neginf = score_extent(S)  # one read of this process's scores
+        check_lam_scale(lam, max_abs, where)
+        neginf.append(has_neginf)
     priors = list(prior) if (multi and isinstance(prior, (list, tuple))) else [prior] * len(heads)
     if len(priors) != len(heads):
         raise ValueError(f"`prior` holds {len(priors)} vectors but `scores` has {len(heads)} heads")
@@ -349,7 +358,8 @@ def arguments(
     return Arguments(
         heads=heads, multi=multi, backend=B, device=device, lam=lam, tol=tol, max_iter=max_iter,
         check_every=check_every, acceleration=acceleration, kernel=kernel, balanced=balanced,
-        callback=callback, priors=priors, weights=weights, warm=warm, started=started,
+        callback=callback, priors=priors, weights=weights, warm=warm, neginf=neginf,
+        started=started,
     )  # fmt: skip
 
 
@@ -407,7 +417,11 @@ def prepare(args: Arguments, backend: Backend) -> Problem:
         r_host.append(r)
         targets.append(target_sizes(n_points, p, r))
     for t, S in enumerate(scores):
-        _check_scan(B.scan(S), f"scores[{t}]" if multi else "scores", r_host[t])
+        where = f"scores[{t}]" if multi else "scores"
+        _check_scan(B.scan(S), where, r_host[t])
+        if n_local == n_points:  # one process holds every point: decide feasibility up front
+            _check_support(S, where, r_host[t], targets[t], args.priors[t] is None, balanced,
+                           c_host, args.neginf[t])  # fmt: skip
     return Problem(
         args=args, scores=scores, n_points=n_points, point_masses=c_host, cluster_masses=r_host,
         targets=targets, flexible=[p is None for p in args.priors], balanced=balanced,
@@ -460,6 +474,24 @@ def _check_scan(scan: Any, where: str, r: np.ndarray) -> None:
             f"`{where}` column {int(needed[0])} is -inf for every point: that cluster "
             f"cannot be reached ({needed.size} such cluster(s)); give it prior 0 or fix the scores"
         )
+
+
+def _check_support(
+    S: Any, where: str, r: np.ndarray, target: np.ndarray, flexible: bool, balanced: bool,
+    c: np.ndarray, neginf: bool,
+) -> None:  # fmt: skip
+    """Refuse -inf patterns that admit no plan (and, for balanced labels, no labelling with
+    the integer sizes) before any sweep: free without -inf, else the Hall condition checked
+    by :func:`sinklabel._feasibility.check_feasible`. (Across processes no rank sees the
+    whole pattern; there an infeasible pattern shows as a solve that does not converge.)"""
+    if not neginf:
+        return
+    check_feasible(S, r, c, where=where, neginf=True)
+    if balanced:
+        n, k = S.shape
+        lo = np.full(k, n // k) if flexible else target
+        hi = lo + (n % k > 0) if flexible else target
+        check_feasible(S, lo, np.ones(n), hi=hi, where=where, what="balanced sizes", neginf=True)
 
 
 def run(problem: Problem, backend: Backend) -> Result:

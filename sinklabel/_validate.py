@@ -19,7 +19,7 @@ __all__ = [
     "check_prior",
     "check_weights",
     "check_lam_scale",
-    "finite_max_abs",
+    "score_extent",
     "LAM_SCALE_LIMIT",
     "looks_like_probabilities",
 ]
@@ -45,7 +45,7 @@ def check_lam_scale(lam: float, max_abs: float, where: str = "scores") -> None:
     """Refuse a ``lam`` whose ``lam * max|S|`` (finite entries) exceeds :data:`LAM_SCALE_LIMIT`.
 
     ``max_abs`` is ``max |S[i, k]|`` over the finite scores of a head (one read:
-    :func:`finite_max_abs`, or folded into another pass). The message gives the largest
+    :func:`score_extent`, or folded into another pass). The message gives the largest
     usable ``lam``.
     """
     if max_abs > 0 and lam * max_abs > LAM_SCALE_LIMIT:
@@ -57,20 +57,31 @@ def check_lam_scale(lam: float, max_abs: float, where: str = "scores") -> None:
         )
 
 
-def finite_max_abs(S: Any) -> float:
-    """``max |S[i, k]|`` over the finite entries of 2-D scores, in row blocks (one read, on
-    the array's own device; temporaries of one block). 0.0 when every entry is -inf."""
+def score_extent(S: Any) -> tuple[float, bool]:
+    """``(max |S[i, k]| over the finite entries, whether any entry is -inf)`` of 2-D scores.
+
+    One read in row blocks on the array's own device (a max and a min per block; the
+    finite entries are sorted out only in a block that holds -inf). NaN and +inf are
+    ignored here (the scan refuses them). ``max_abs`` is 0.0 when every entry is -inf.
+    """
     n, k = S.shape
     step = max(1, (1 << 20) // max(k, 1))
-    best = 0.0
+    best, neginf = 0.0, False
     for start in range(0, n, step):
         X = S[start : start + step]
         if array_library(X) == "torch" and X.dtype.itemsize < 4:
             X = X.float()
-        F = X[X > -np.inf]  # the block's finite entries (NaN and +inf are refused earlier)
-        if F.shape[0]:
-            best = max(best, abs(float(F.max())), abs(float(F.min())))
-    return best
+        if not X.shape[0]:
+            continue
+        hi, lo = float(X.max()), float(X.min())
+        if lo == -np.inf or not (np.isfinite(hi) and np.isfinite(lo)):
+            neginf = neginf or bool((X == -np.inf).any())
+            F = X[(X > -np.inf) & (X < np.inf)]  # NaN compares false: dropped too
+            if not F.shape[0]:
+                continue
+            hi, lo = float(F.max()), float(F.min())
+        best = max(best, abs(hi), abs(lo))
+    return best, neginf
 
 
 def check_positive_float(value: Any, name: str) -> float:

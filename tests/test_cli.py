@@ -439,7 +439,6 @@ def test_progress_on_a_terminal_only(scores_file, tmp_path):
     assert rc == 0 and err == "" and "labels written" in out  # in a pipe: no progress
 
 
-@pytest.mark.xfail(strict=True, reason="lead wires into the driver")
 def test_infeasible_pattern_is_a_one_line_error(tmp_path):
     S = make_scores(2000, 20, seed=0)
     S[:, 5] = -np.inf
@@ -450,7 +449,6 @@ def test_infeasible_pattern_is_a_one_line_error(tmp_path):
     assert_one_line_error(rc, err, "cluster 5 needs 100 point(s) but only 10 point(s) can reach it")
 
 
-@pytest.mark.xfail(strict=True, reason="lead wires into the driver")
 def test_lam_too_large_is_a_one_line_error(scores_file, tmp_path):
     path, _ = scores_file
     rc, _, err = run_cli("assign", path, "-o", tmp_path / "l.npy", "--lam", "1e308")

@@ -232,15 +232,23 @@ def test_non_convergence_warns_once_and_says_so():
     assert res.heads[0].error > 1e-3
 
 
-def test_infeasible_support_is_never_reported_converged():
+def test_infeasible_support_is_refused_and_never_reported_converged():
     # clusters 0 and 1 can only take point 0, but each needs 1/3 of the mass
     S = np.full((6, 3), -np.inf)
     S[:, 2] = 0.0
     S[0, :] = 0.0
-    with pytest.warns(sinklabel.ConvergenceWarning):
-        res = sinklabel.solve(S, 10.0, max_iter=500)
-    assert not res.converged
-    assert np.isfinite(res.heads[0].errors).all()
+    # the front door decides feasibility before any sweep
+    with pytest.raises(ValueError, match=r"cluster"):
+        sinklabel.solve(S, 10.0, max_iter=500)
+    # the iteration itself (what runs where no process sees the whole pattern, across
+    # ranks) stops at max_iter and never claims convergence
+    from sinklabel._iteration import iterate
+    from sinklabel.backends import get_backend
+
+    B = get_backend("numpy")
+    sol = iterate(B, S, 10.0, np.full(6, 1 / 6), np.full(3, 1 / 3), np.zeros(3), 1e-3, 500, 1, memory=6)
+    assert not sol.converged and sol.n_iter == 500
+    assert np.isfinite(sol.errors).all() and sol.error > 1e-3
 
 
 def test_callback_sees_every_check_and_logging_is_opt_in(caplog):
