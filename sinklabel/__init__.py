@@ -23,7 +23,7 @@ unless the application configures logging.
 import importlib as _importlib
 import logging as _logging
 
-from ._driver import assign, solve
+from ._driver import SolveProgress, assign, solve
 from ._result import ConvergenceWarning, HeadResult, Result
 from .backends import BackendNotAvailable, available_backends
 
@@ -32,6 +32,7 @@ __all__ = [
     "solve",
     "Result",
     "HeadResult",
+    "SolveProgress",
     "ConvergenceWarning",
     "BackendNotAvailable",
     "available_backends",
