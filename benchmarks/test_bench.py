@@ -23,7 +23,7 @@ import pytest
 
 pytest.importorskip("pytest_benchmark", reason="pip install 'sinklabel[bench]'")
 
-from _methods import TOL, device_methods, paper_loop, pot_to_tol, sinklabel_methods  # noqa: E402
+from _methods import LAM, TOL, device_methods, paper_loop, pot_to_tol, sinklabel_methods  # noqa: E402
 from _suite import KINDS, NAMES, Row, rounds_for  # noqa: E402
 
 from sinklabel.problems import make_scores  # noqa: E402
@@ -58,7 +58,7 @@ def test_time_to_tol(benchmark, problem, paper_iterations, record, request, case
     name, kind = NAMES[mid], KINDS[mid]
     full = request.config.getoption("--bench-full")
     n, k = size
-    benchmark.group = f"{n} x {k} float32, lam 25, tol {TOL:g}"
+    benchmark.group = f"{n} x {k} float32, lam {LAM:g}, tol {TOL:g}"
     S, read = problem(n, k)
     if kind == "cpu":
         if name not in CPU:
