@@ -2,6 +2,8 @@
 
     python benchmarks/cpu_report.py [--sizes 20000x100,200000x1000] [--rounds 3]
                                     [--families] [--no-pot] [--write]
+    python benchmarks/cpu_report.py --breakdown 200000x1000 [--before /tmp/before] [--pot-iters 1233]
+    python benchmarks/cpu_report.py --exp-counts 20000x100
 
 For each size, on one generated problem (float32 realistic scores, seed 0; lam = 25,
 tol 1e-3, rows exact; see ``_methods.py``), every installed sinklabel CPU backend runs
@@ -16,6 +18,11 @@ beside POT ``ot.sinkhorn`` / ``ot.sinkhorn_log`` (float64) and the paper's loop,
 ``--families`` adds the iteration counts of plain and Anderson-accelerated Sinkhorn on
 the three generated families, lam 1 to 1000, float32 and float64. ``--write`` puts the
 tables into ``benchmarks/RESULTS.md`` (its "CPU speed" section, replaced if present).
+
+``--breakdown NxK`` times every backend primitive inside one default solve (calls, time,
+reads of the scores per primitive, exp passes; :func:`breakdown`), for an older checkout
+first with ``--before PATH`` (side by side, each in a fresh process) and POT after it with
+``--pot-iters``. ``--exp-counts NxK``: iterations and exp passes per family and lam.
 """
 
 from __future__ import annotations
@@ -204,6 +211,88 @@ def breakdown_table(facts: dict, rows: list[dict], read: float) -> list[str]:
     return out
 
 
+def breakdown_side_by_side(n: int, k: int, before: str | None, pot_iters: int) -> list[str]:
+    """:func:`breakdown` of the default solve of ``make_scores(n, k, seed=0)`` (lam 25, tol
+    1e-3, balanced labels), each checkout in a fresh process: ``before`` (a checkout of an
+    older commit, run with ``PYTHONPATH``), then this one; then POT ``ot.sinkhorn`` (float64)
+    for ``pot_iters`` iterations (the paper loop's count to tol; 0: no POT)."""
+    import os
+
+    code = (
+        f"import json, sys; sys.path.insert(0, {str(HERE)!r}); from cpu_report import breakdown; "
+        "from sinklabel.problems import make_scores; import sinklabel; "
+        f"S = make_scores({n}, {k}, seed=0); breakdown(S, lam={LAM}, tol={TOL}); "
+        f"f, rows, read = breakdown(S, lam={LAM}, tol={TOL}); "
+        "print(json.dumps(dict(facts=f, rows=rows, read=read)))"
+    )
+    runs = {}
+    for tag, path in ((f"before ({before})", before), ("this checkout", None)):
+        if tag.startswith("before") and before is None:
+            continue
+        env = {**os.environ, "PYTHONPATH": path} if path else None
+        out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
+                             env=env, cwd="/" if path else None)  # fmt: skip
+        runs[tag] = json.loads(out.stdout.strip().splitlines()[-1])
+        print(tag, runs[tag]["facts"], flush=True)
+    pot = None
+    if pot_iters:
+        t = time.perf_counter()
+        _, pot_err = pot_method("sinkhorn", pot_iters)(make_scores(n, k, seed=0))
+        pot = time.perf_counter() - t
+    lines = []
+    for tag, d in runs.items():
+        f = d["facts"]
+        ratio = f", POT ÷ this {pot / f['seconds']:.1f}×" if pot else ""
+        lines += [
+            f"**{tag}**: {f['seconds']:.2f} s{ratio}",
+            "",
+            *breakdown_table(f, d["rows"], d["read"]),
+            "",
+        ]
+    if pot:
+        lines.append(
+            f"POT `ot.sinkhorn` float64, {pot_iters:,} iterations: {pot:.1f} s, error {pot_err:.2e}."
+        )
+    return lines
+
+
+def exp_counts(n: int, k: int, lams=(1, 10, 25, 100, 1000)) -> list[str]:
+    """Iterations to tol and exp passes over the scores (log sweeps + kernel builds) per
+    family and lam, stored kernel, ``balanced=False``, ``make_scores(n, k, kind, seed=1)``."""
+    from sinklabel.backends import get_backend
+
+    B = get_backend("numba")
+    calls: dict[str, int] = {}
+    for name in ("log_sweep", "build_kernel"):
+        fn = getattr(B, name)
+
+        def spy(*args, _fn=fn, _name=name, **kw):
+            calls[_name] = calls.get(_name, 0) + 1
+            return _fn(*args, **kw)
+
+        setattr(B, name, spy)
+    out = ["| family | " + " | ".join(f"lam {lam:g}" for lam in lams) + " |", "|---|" + "---|" * len(lams)]
+    try:
+        for kind in ("realistic", "collapsed", "neginf"):
+            S = make_scores(n, k, kind=kind, seed=1)
+            cells = []
+            for lam in lams:
+                calls.clear()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", sinklabel.ConvergenceWarning)
+                    res = sinklabel.solve(
+                        S, lam, backend="numba", kernel="stored", balanced=False, max_iter=5000
+                    )
+                done = "" if res.converged else " (not converged)"
+                cells.append(f"{res.n_iter}{done} it, {sum(calls.values())} exp")
+            out.append(f"| {kind} | " + " | ".join(cells) + " |")
+            print(out[-1], flush=True)
+    finally:
+        for name in ("log_sweep", "build_kernel"):
+            B.__dict__.pop(name, None)
+    return out
+
+
 # -- the comparison -----------------------------------------------------------------------
 def sweep_ratios_fresh(n: int, k: int) -> dict[str, float]:
     """:func:`sweep_ratios` of ``make_scores(n, k, seed=0)`` in a fresh process, so that
@@ -352,7 +441,20 @@ def main() -> None:
     ap.add_argument("--families", action="store_true")
     ap.add_argument("--no-pot", action="store_true")
     ap.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
+    ap.add_argument("--breakdown", metavar="NxK", help="only the per-primitive breakdown of one solve")
+    ap.add_argument("--before", metavar="PATH", help="with --breakdown: an older checkout to run first")
+    ap.add_argument("--pot-iters", type=int, default=0, help="with --breakdown: POT for this many iterations")
+    ap.add_argument("--exp-counts", metavar="NxK", help="only iterations and exp passes per family and lam")
     args = ap.parse_args()
+    if args.breakdown or args.exp_counts:
+        n, k = (int(x) for x in (args.breakdown or args.exp_counts).split("x"))
+        head = [f"Machine: {machine()}; load {load()}."]
+        if args.breakdown:
+            body = breakdown_side_by_side(n, k, args.before, args.pot_iters)
+        else:
+            body = exp_counts(n, k)
+        print("\n".join(head + [""] + body + [f"(load after: {load()})"]))
+        return
     command = "python benchmarks/cpu_report.py " + " ".join(sys.argv[1:])
     load_before = load()
     lines = [
