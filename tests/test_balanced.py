@@ -104,7 +104,11 @@ def test_default_falls_back_to_argmax_where_balanced_is_undefined():
     with_weights = sinklabel.solve(S, 25.0, weights=np.linspace(1, 2, 500))
     assert not with_weights.heads[0].balanced
     with pytest.raises(ValueError, match="`weights` is not supported with balanced=True"):
-        sinklabel.solve(S, 25.0, weights=np.ones(500), balanced=True)
+        sinklabel.solve(S, 25.0, weights=np.linspace(1, 2, 500), balanced=True)
+    # equal weights are no weights: balanced labels, those of the unweighted solve
+    equal = sinklabel.solve(S, 25.0, weights=np.full(500, 3.0), balanced=True)
+    assert equal.heads[0].balanced and equal.heads[0].certified
+    np.testing.assert_array_equal(equal.labels, sinklabel.solve(S, 25.0).labels)
     with pytest.raises(TypeError, match="`balanced` must be True, False or None"):
         sinklabel.solve(S, 25.0, balanced="yes")
 
