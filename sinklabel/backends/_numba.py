@@ -5,7 +5,8 @@ parallel, one K-vector of float64 accumulators per chunk (no N x K temporaries):
 
 - ``sweep``: per block of eight rows, ``s_i = Kmat_i . v`` and ``u_i = c_i / s_i``
   (rows exact), then ``acc += u_i Kmat_i`` while the rows are still in L1. For a
-  float32 kernel the dots and updates run in float32 (16 lanes) and the partial sums
+  float32 kernel the dots and updates run in float32 (8 lanes: LLVM prefers 256-bit
+  vectors even on AVX-512 parts, and the sweep is memory-bound) and the partial sums
   are flushed into the float64 accumulators every ``_FLUSH`` rows: the relative
   rounding of the column masses stays below ~1e-6, far under any useful ``tol``. The
   float32 operands are scaled by powers of two to about 1 (``_scales``), so that no
@@ -145,8 +146,7 @@ def _sweep_rows32(K, vk, c, u, acc, lo, hi, su):
     partial sums are loaded and stored once per eight rows (measured: 1.07-1.29 reads of
     the kernel as the shared VM's state varies, always within a few per cent of a numba
     pass that only reads it; benchmarks/RESULTS.md). Dots and updates run in
-    float32 (16 lanes); the partial sums are flushed into the float64 ``acc`` every
-    ``_FLUSH`` rows.
+    float32; the partial sums are flushed into the float64 ``acc`` every ``_FLUSH`` rows.
     """
     k = K.shape[1]
     part = np.zeros(k, dtype=np.float32)
