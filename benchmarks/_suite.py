@@ -107,6 +107,10 @@ def _fmt_seconds(s: float) -> str:
     return f"{s:.3f} s" if s < 10 else f"{s:.1f} s"
 
 
+def _fmt_ratio(x: float) -> str:
+    return f"{x:.1f}x" if x >= 0.1 else f"{x:.2g}x"  # POT sinkhorn_log: 0.016x, not 0.0x
+
+
 def summary_lines(
     rows: list[Row], lam: float, tol: float, header: str = "", skipped: list[tuple[str, str]] = ()
 ) -> list[str]:
@@ -129,7 +133,7 @@ def summary_lines(
         head = ("method", "time to tol", "vs POT", "iterations", "reads/sweep", "error", "rounds")
         table = [head]
         for r in group:
-            speedup = f"{pot.seconds / r.seconds:.1f}x" if pot else "-"
+            speedup = _fmt_ratio(pot.seconds / r.seconds) if pot else "-"
             gpu = " (GPU read)" if KINDS.get(r.method) == "gpu" else ""
             table.append(
                 (

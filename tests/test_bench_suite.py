@@ -180,6 +180,12 @@ def test_summary_groups_sizes_smallest_first():
     assert small == [["sinklabel[numba]", "0.050 s", "-", "58", "1.72", "9.60e-04", "5"]]
 
 
+def test_summary_small_ratios_keep_two_digits():
+    rows = _rows() + [Row((50000, 300), "pot-sinkhorn_log", 1000.0, 1, 1225, 9.5e-4, 0.004)]
+    body = _table(summary_lines(rows, 25, 1e-3), "50,000 x 300 float32")
+    assert body[-1][0] == "POT sinkhorn_log (float64)" and body[-1][2] == "0.016x"
+
+
 def test_summary_with_no_rows():
     assert "no benchmark ran" in "\n".join(summary_lines([], 25, 1e-3))
 
