@@ -98,7 +98,12 @@ def test_resume_after_label_step_gives_the_same_final_labels(tmp_path):
         run(tiny(tmp_path / "cut", stop_after_label_step=1, **kw))
     cut = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)
     assert cut["next_step"] == 2 and 0 < cut["iteration"] < 8
+    # the run's time is summed over its segments: mark the first segment as 1000 s long
+    assert cut["seconds"] > 0
+    cut["seconds"] += 1000.0
+    torch.save(cut, tmp_path / "cut" / "checkpoint.pt")
     resumed = run(tiny(tmp_path / "cut", **kw))
+    assert resumed["seconds_train"] > 1000.0 and resumed["seconds_total"] >= resumed["seconds_train"]
     a, _ = read_labels(tmp_path / "full" / "labels" / "final.npz")
     b, _ = read_labels(tmp_path / "cut" / "labels" / "final.npz")
     np.testing.assert_array_equal(a, b)
