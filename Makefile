@@ -29,8 +29,8 @@ test: $(VENV)/bin/python
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; exit $$rc
 
-# make bench: one moderate size, every installed backend, POT and the paper loop (~2-3 min here);
-# make bench BENCH=--bench-full: the comparison of benchmarks/RESULTS.md (see the README)
+# make bench: one moderate size, every installed backend, POT and the paper loop (86 s here, fresh clone);
+# make bench BENCH=--bench-full: the comparison of benchmarks/RESULTS.md (about 18 min here; README)
 bench: $(VENV)/bin/python
 	$(VENV)/bin/pip install -q '$(TORCH)'
 	$(VENV)/bin/pip install -q -e '.[bench]'
