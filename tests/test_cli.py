@@ -258,8 +258,12 @@ def test_output_file_mode_follows_the_umask(tmp_path, scores_file, umask):
     assert rc == 0 and out.stat().st_mode & 0o777 == 0o604, err
 
 
+# SIGINT is ignored in a process started in the background by a non-interactive shell (as CI
+# may run the suite), and Python then installs no KeyboardInterrupt handler: restore the
+# interactive default so that the test means the same everywhere
 _INTERRUPT_DURING_WRITE = """
 import os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import numpy as np
 import sinklabel.cli as cli
 real_save = np.save
@@ -290,7 +294,8 @@ def test_signal_during_write_leaves_nothing(tmp_path, scores_file, sig, status, 
 
 
 _SLOW_SOLVE = """
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import sinklabel.cli as cli
 def solve(*a, **k):
     print("solving", flush=True)
