@@ -15,6 +15,8 @@ import typing
 
 from .config import Config
 
+_DEFAULT = "default: %(default)s"
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -28,14 +30,16 @@ def _parser() -> argparse.ArgumentParser:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         tp = hints[f.name]
         if tp is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=_DEFAULT)
         elif typing.get_origin(tp) is tuple:
             item = typing.get_args(tp)[0]
-            p.add_argument(flag, type=item, nargs="+", default=default, metavar=item.__name__.upper())
+            p.add_argument(
+                flag, type=item, nargs="+", default=default, metavar=item.__name__.upper(), help=_DEFAULT
+            )
         elif tp is dict:
-            p.add_argument(flag, type=json.loads, default=default, metavar="JSON")
+            p.add_argument(flag, type=json.loads, default=default, metavar="JSON", help=_DEFAULT)
         else:
-            p.add_argument(flag, type=tp, default=default)
+            p.add_argument(flag, type=tp, default=default, help=_DEFAULT)
     return p
 
 
