@@ -11,16 +11,18 @@ combines the cluster quantities over the ranks.
 
 Stabilisation, chosen by measurement (see ``benchmarks/RESULTS.md``): kernel-mode
 Sinkhorn on a stabilised kernel, with *absorption* of the scalings into
-log-potentials (Schmitzer 2019) whenever they leave ``[e^-tau, e^tau]`` or anything
-non-finite appears. Absorption re-enters through one exact log-domain sweep
-(:meth:`Backend.log_sweep`), which also starts every solve: from the initial (or
+log-potentials (Schmitzer 2019) whenever they leave ``[e^-tau, e^tau]``. Every solve
+starts with one exact log-domain sweep (:meth:`Backend.log_sweep`): from the initial (or
 warm-start) column potentials it makes every row exact and moves every column,
 including clusters that no point likes (``lam * S`` of -600 and below), to the right
 scale before the kernel is built. The kernel's rows then sum to 1 and every entry
 that matters for the plan is far above float32's underflow; entries below
 ``exp(-86)`` are stored as exact zeros. The kernel iteration costs one read of the
-N x K kernel per sweep (no ``exp``), against an ``exp`` of every entry per sweep
-for a pure log-domain iteration; absorptions are rare (a handful per solve).
+N x K kernel per sweep (no ``exp``). An absorption rescales the stored kernel in place
+(:meth:`Backend.rescale_kernel`, one read and one write); the kernel is rebuilt from the
+scores only when entries stored as zero could hide more than ``e^-5 tol`` of a
+cluster's mass, and the exact log-domain sweep re-enters only for non-finite values or a
+proposal that jumps beyond the frame (see :mod:`sinklabel._iteration`).
 
 Acceleration (:mod:`sinklabel._accel`): with the rows exact after every sweep, the
 iteration is a fixed point of the column potentials alone; safeguarded Anderson mixing
