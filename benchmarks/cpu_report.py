@@ -43,7 +43,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from _floor import stream_read  # noqa: E402
-from _machine import load, machine  # noqa: E402, F401  (imagenet_cpu imports them from here)
+from _machine import load, machine, proc_status, reset_peak  # noqa: E402, F401  (imagenet_cpu imports from here)
 from _methods import LAM, TOL, calibrate_pot, paper_loop, pot_method, sinklabel_methods  # noqa: E402
 
 import sinklabel  # noqa: E402
@@ -53,31 +53,14 @@ BEGIN, END = "<!-- cpu_report:begin -->", "<!-- cpu_report:end -->"
 
 
 # -- memory -------------------------------------------------------------------------------
-def _status(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def with_peak(fn, *args):
     """(result, seconds, bytes of resident memory above the level before the call)."""
     ok = reset_peak()
-    before = _status("VmRSS")
+    before = proc_status("VmRSS")
     t = time.perf_counter()
     out = fn(*args)
     seconds = time.perf_counter() - t
-    peak = _status("VmHWM") - before if ok else float("nan")
+    peak = proc_status("VmHWM") - before if ok else float("nan")
     return out, seconds, peak
 
 

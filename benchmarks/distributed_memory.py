@@ -43,26 +43,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import _machine  # noqa: E402
-
-
-def _status(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def _reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
+from _machine import proc_status, reset_peak  # noqa: E402
 
 
 class _Sampler:
     """Peak of ``RssAnon`` while the block runs, sampled in a thread every 20 ms."""
 
     def __enter__(self) -> _Sampler:
-        self.peak = _status("RssAnon")
+        self.peak = proc_status("RssAnon")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -70,12 +58,12 @@ class _Sampler:
 
     def _run(self) -> None:
         while not self._stop.wait(0.02):
-            self.peak = max(self.peak, _status("RssAnon"))
+            self.peak = max(self.peak, proc_status("RssAnon"))
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, _status("RssAnon"))
+        self.peak = max(self.peak, proc_status("RssAnon"))
 
 
 def shard_sizes(n: int, world: int) -> list[int]:
@@ -105,12 +93,12 @@ def phase(fn):  # type: ignore[no-untyped-def]
     import torch.distributed as dist
 
     dist.barrier()
-    _reset_peak()
+    reset_peak()
     with _Sampler() as anon:
         t = time.perf_counter()
         out = fn()
         seconds = time.perf_counter() - t
-    return out, seconds, _status("VmHWM"), anon.peak
+    return out, seconds, proc_status("VmHWM"), anon.peak
 
 
 def worker(rank: int, args: argparse.Namespace, port: int, out_dir: str) -> None:

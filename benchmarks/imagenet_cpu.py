@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from _floor import stream_read  # noqa: E402
-from cpu_report import _status, load, machine, reset_peak  # noqa: E402
+from cpu_report import load, machine, proc_status, reset_peak  # noqa: E402
 
 import sinklabel  # noqa: E402
 from sinklabel.problems import make_scores  # noqa: E402
@@ -92,12 +92,12 @@ def main() -> None:
         stream_read(S)
         floor = float(np.median([_timed(stream_read, S) for _ in range(5)]))
     reset_peak()
-    rss_before = _status("VmRSS")
+    rss_before = proc_status("VmRSS")
     load_before = load()
     res = sinklabel.solve(
         S, args.lam, tol=args.tol, kernel=args.kernel, backend="numba", balanced=False
     )
-    peak = _status("VmHWM")
+    peak = proc_status("VmHWM")
     h = res.heads[0]
     print(res.report())
     per_iter = res.wall_time / res.n_iter
