@@ -328,3 +328,20 @@ def test_version_rule_and_license_are_consistent():
     if torch_meta["Version"].split("+")[0] == pin:
         # the pinned torch's own floor is the project's
         assert torch_meta["Requires-Python"] == floor
+
+
+def test_score_extent_matches_the_finite_entries():
+    """score_extent (the one read behind the lam limit and the -inf detection) against numpy
+    on random patterns: no -inf, some, almost all, all; float64, float32 and torch."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        n, k = int(rng.integers(1, 300)), int(rng.integers(1, 40))
+        S = rng.normal(size=(n, k)) * rng.choice([1.0, 1e3])
+        S[rng.random((n, k)) < rng.choice([0.0, 0.3, 0.99, 1.0])] = -np.inf
+        finite = S[np.isfinite(S)]
+        want = float(np.abs(finite).max()) if finite.size else 0.0
+        for X in (S, S.astype(np.float32), torch.from_numpy(S)):
+            got, neginf = score_extent(X)
+            assert neginf == bool(np.isneginf(S).any())
+            assert got == pytest.approx(want, rel=1e-6)
