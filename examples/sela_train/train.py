@@ -62,6 +62,8 @@ def _setup_logging(out: Path, rank: int) -> None:
         root.setLevel(logging.WARNING)
         return
     root.setLevel(logging.INFO)
+    # the solver logs every convergence check at INFO; the label step logs its own summary line
+    logging.getLogger("sinklabel").setLevel(logging.WARNING)
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     for h in list(root.handlers):
         if getattr(h, "_sela", False):
