@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
-import time
 import warnings
 from datetime import timedelta
 
@@ -35,7 +33,7 @@ if not (dist.is_available() and dist.is_gloo_available()):
 from sinklabel import _balanced_ranks as sbr  # noqa: E402
 from sinklabel import distributed as sd  # noqa: E402
 from sinklabel.backends._distributed import Exchange  # noqa: E402
-from tests.test_distributed import WORLD, _free_port, host, shards  # noqa: E402
+from tests.test_distributed import WORLD, host, run_ranks, shards  # noqa: E402
 
 GROUP_TIMEOUT = 60
 MEMBERS = {2: [0, 1], 3: [0, 1, 2], 4: [0, 1, 2, 3]}
@@ -142,25 +140,7 @@ def _worker(rank, port, out_dir):
 @pytest.fixture(scope="module")
 def session():
     """Every rank's results, {scenario: ("ok", value) or ("raised", message)}."""
-    import multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    port = _free_port()
-    with tempfile.TemporaryDirectory() as out_dir:
-        procs = [ctx.Process(target=_worker, args=(r, port, out_dir)) for r in range(WORLD)]
-        for p in procs:
-            p.start()
-        deadline = time.time() + 600
-        for p in procs:
-            p.join(max(1.0, deadline - time.time()))
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-        results = []
-        for r in range(WORLD):
-            with open(os.path.join(out_dir, f"{r}.pkl"), "rb") as fh:
-                results.append(pickle.load(fh))
-    return results
+    return run_ranks(_worker)
 
 
 def outs_of(session, name, world):

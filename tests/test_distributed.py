@@ -513,15 +513,15 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def session():
-    """Every rank's results, {scenario: ("ok", value, seconds) or ("raised", type, message, seconds)}."""
+def run_ranks(worker):
+    """Run ``worker(rank, port, out_dir)`` on WORLD spawned processes (10 minutes at most) and
+    return each rank's pickled results, in rank order."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     port = _free_port()
     with tempfile.TemporaryDirectory() as out_dir:
-        procs = [ctx.Process(target=_worker, args=(r, port, out_dir)) for r in range(WORLD)]
+        procs = [ctx.Process(target=worker, args=(r, port, out_dir)) for r in range(WORLD)]
         for p in procs:
             p.start()
         deadline = time.time() + 600
@@ -535,6 +535,12 @@ def session():
             with open(os.path.join(out_dir, f"{r}.pkl"), "rb") as fh:
                 results.append(pickle.load(fh))
     return results
+
+
+@pytest.fixture(scope="module")
+def session():
+    """Every rank's results, {scenario: ("ok", value, seconds) or ("raised", type, message, seconds)}."""
+    return run_ranks(_worker)
 
 
 # -- the tests over the session ---------------------------------------------------------------
