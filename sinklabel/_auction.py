@@ -47,19 +47,52 @@ _FASTMATH = {"nsz", "arcp", "contract", "reassoc"}
 prange = range  # numba.prange in the compiled binding
 
 
+def _max(a: float, b: float) -> float:
+    """The larger of two floats, neither NaN (scores are NaN-free and ``-inf`` at worst,
+    prices finite or ``+inf``, so no difference of theirs is NaN). The numba binding
+    compiles it to the ``llvm.maximum`` intrinsic (:func:`_max_numba`), which LLVM
+    vectorises as a reduction; a compare-and-select (numba's ``max``, an ``if``) it does not."""
+    return a if a > b else b
+
+
+def _row_max(row: Any, minp: Any) -> float:
+    """``max_k (row[k] - minp[k])`` (``-inf`` if empty): a plain reduction, which the
+    compiled loop runs on vector registers. Callers pass slices, not offsets: an index
+    numba cannot prove non-negative gets a wraparound check that stops the vectoriser."""
+    best = -np.inf
+    for k in range(row.shape[0]):
+        best = _max(best, row[k] - minp[k])
+    return best
+
+
+_CHUNK = 128  # entries per block of the row scan
+
+
 def _scan_row_loop(row: Any, minp: Any) -> tuple[int, float, float]:
-    """Best cluster of one row under prices ``minp``: (k1, best value, second value)."""
-    k1 = -1
+    """Best cluster of one row under prices ``minp``: (k1, best value, second value).
+
+    ``k1`` is the first index of the maximum (-1 if the row is all ``-inf``), ``second``
+    the largest value among the other entries (``best`` on a tie). Vectorised maxima of
+    blocks of the row, their top two kept branch-free, instead of one branchy scan; then
+    the block that first holds the maximum (in cache) gives ``k1`` and its other entries.
+    """
+    n = row.shape[0]
     best = -np.inf
     second = -np.inf
-    for k in range(row.shape[0]):
-        val = row[k] - minp[k]
-        if val > best:
-            second = best
-            best = val
-            k1 = k
-        elif val > second:
-            second = val
+    at = 0
+    for lo in range(0, n, _CHUNK):
+        m = _row_max(row[lo : lo + _CHUNK], minp[lo : lo + _CHUNK])
+        at = lo if m > best else at
+        second = _max(second, min(best, m))
+        best = _max(best, m)
+    if not best > -np.inf:
+        return -1, -np.inf, -np.inf
+    k1 = at
+    while row[k1] - minp[k1] < best:
+        k1 += 1
+    hi = min(at + _CHUNK, n)
+    second = _max(second, _row_max(row[at:k1], minp[at:k1]))
+    second = _max(second, _row_max(row[k1 + 1 : hi], minp[k1 + 1 : hi]))
     return k1, best, second
 
 
@@ -107,23 +140,13 @@ def _scan_point_dense(S: Any, i: int, minp: Any) -> tuple[int, float, float]:
 
 def _row_best_dense(S: Any, i: int, minp: Any) -> float:
     """``max_k (S[i, k] - minp[k])``."""
-    best = -np.inf
-    for k in range(S.shape[1]):
-        val = S[i, k] - minp[k]
-        if val > best:
-            best = val
-    return best
+    return _row_max(S[i], minp)
 
 
 def _row_best_except_dense(S: Any, i: int, y: int, minp: Any) -> float:
     """``max_{k != y} (S[i, k] - minp[k])``."""
-    best = -np.inf
-    for k in range(S.shape[1]):
-        if k != y:
-            val = S[i, k] - minp[k]
-            if val > best:
-                best = val
-    return best
+    row = S[i]
+    return _max(_row_max(row[:y], minp[:y]), _row_max(row[y + 1 :], minp[y + 1 :]))
 
 
 def _entry_dense(S: Any, i: int, k: int) -> float:
@@ -459,7 +482,9 @@ class Kernels:
             pjit = numba.njit(cache=True, fastmath=_FASTMATH, parallel=True)
             env = dict(globals(), prange=numba.prange)
             # helpers first: each compiled function sees the compiled helpers
+            env["_max"] = _max_numba()
             for name, fn in (
+                ("_row_max", _row_max),
                 ("_scan_row", _scan_row_loop),
                 ("_swap", _swap),
                 ("_sift_down", _sift_down),
@@ -488,6 +513,30 @@ class Kernels:
             self.top2_pass = _top2_pass_numpy
             self.best_pass = _best_pass_numpy
             self.slack = _slack_numpy
+
+
+def _max_numba() -> Any:
+    """:func:`_max` for numba: a call to ``llvm.maximum.f64``, which the loop vectoriser
+    turns into a vector max reduction (with fastmath ``reassoc``, as the kernels have).
+    The call is flagged ``nnan`` (its operands are never NaN, see :func:`_max`): one
+    vector max per step, without the NaN checks ``llvm.maximum`` otherwise needs."""
+    from llvmlite import ir
+    from numba.core import types
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def _max(typingctx: Any, a: Any, b: Any) -> Any:
+        sig = types.float64(a, b)
+
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            a, b = (context.cast(builder, v, t, types.float64) for v, t in zip(args, signature.args))
+            f64 = ir.DoubleType()
+            fn = builder.module.declare_intrinsic("llvm.maximum", [f64], ir.FunctionType(f64, [f64, f64]))
+            return builder.call(fn, [a, b], fastmath=("nnan",))
+
+        return sig, codegen
+
+    return _max
 
 
 def _by_size(serial: Any, parallel: Any, all_rows: bool) -> Any:

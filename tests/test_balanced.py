@@ -367,3 +367,42 @@ def test_certificate_terms_add_up_over_shards(prior_kind):
     bad[i] = np.flatnonzero(np.isneginf(S[i]))[0]
     worst = certificate(certificate_terms(S, bad, out.prices)[0], out.prices, sizes, flexible)
     assert worst.gap == np.inf and not worst.certified and worst.objective == np.inf
+
+
+@pytest.mark.parametrize("engine", ["numba", "numpy"] if HAVE_NUMBA else ["numpy"])
+@pytest.mark.parametrize("n,k", [(1100, 1000), (3000, 37), (500, 2), (200, 1)])
+def test_passes_match_a_dense_reference_on_ties_and_neginf(engine, n, k):
+    """The full passes (top-2, best and slack) of every layout against numpy on the dense
+    matrix: first index of the maximum, the runner-up equal to the best on a tie, -1 and
+    -inf on an all -inf row (1100 x 1000 takes the parallel path)."""
+    from sinklabel._auction import kernels
+
+    rng = np.random.default_rng(n + k)
+    D = rng.integers(-3, 3, (n, k)).astype(np.float32)  # many ties
+    D[rng.random((n, k)) < 0.3] = -np.inf
+    D[::17] = -np.inf
+    minp = rng.integers(0, 2, k).astype(np.float64)
+    minp[rng.random(k) < 0.1] = np.inf  # clusters without slots
+    X = D.astype(np.float64) - minp
+    dead = ~(X.max(axis=1) > -np.inf)
+    labels = rng.choice(np.flatnonzero(np.isfinite(minp)), n)  # clusters with slots
+    rows = np.arange(0, n, 3)
+    paid = rng.standard_normal(rows.size)
+    for S in (D, D.astype(np.float64), sparse_of(D)):
+        kern = kernels(engine, S)
+        k1, v1, v2 = np.empty(n, np.int64), np.empty(n), np.empty(n)
+        kern.top2_pass(S, minp, k1, v1, v2)
+        np.testing.assert_array_equal(k1, np.where(dead, -1, X.argmax(axis=1)))
+        np.testing.assert_array_equal(v1, X.max(axis=1))
+        np.testing.assert_array_equal(v2[~dead], np.sort(X, axis=1)[~dead, -2] if k > 1 else -np.inf)
+        best, own = np.empty(n), np.empty(n)
+        kern.best_pass(S, minp, labels, best, own)
+        np.testing.assert_array_equal(best, X.max(axis=1))
+        np.testing.assert_array_equal(own, D[np.arange(n), labels])
+        slack = np.empty(rows.size)
+        with np.errstate(invalid="ignore"):
+            kern.slack(S, rows, labels[rows], paid, minp, slack)
+            Y = X[rows].copy()
+            Y[np.arange(rows.size), labels[rows]] = -np.inf
+            want = Y.max(axis=1) - (D[rows, labels[rows]] - paid)
+        np.testing.assert_allclose(slack, want, rtol=1e-12, atol=1e-12)  # fastmath may reassociate
