@@ -65,6 +65,25 @@ def test_primitives_match_numpy(name, dtype, kind, n, k):
         host(Kmat), K_ref, rtol=2e-6 if dtype == np.float32 else 1e-12, atol=0
     )
 
+    # the log step that writes its kernel: the same a and column masses, and the kernel of
+    # that frame (a, g) as build_kernel makes it
+    a2, lse2, K2 = B.log_sweep_build(S, 25.0, B.from_numpy(g, like=S), B.from_numpy(log_c, like=S))
+    np.testing.assert_allclose(host(a2), a_ref, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(host(lse2), lse_ref, rtol=1e-9, atol=1e-9)
+    assert host(K2).dtype == K_ref.dtype
+    np.testing.assert_allclose(host(K2), K_ref, rtol=2e-6 if dtype == np.float32 else 1e-12, atol=0)
+
+    # a partial rebuild: the rows asked for come from the scores in the new frame, the
+    # others stay as they were (here: zeros)
+    rows = np.sort(rng.choice(n, max(1, n // 7), replace=False)).astype(np.int64)
+    a3 = a_ref + rng.normal(0, 1, n)
+    K3 = B.build_rows(
+        S, 25.0, B.from_numpy(a3, like=S), B.from_numpy(g, like=S), 0 * Kmat, rows
+    )
+    want = np.zeros_like(K_ref)
+    want[rows] = REF.build_kernel(S_np[rows], 25.0, a3[rows], g)
+    np.testing.assert_allclose(host(K3), want, rtol=2e-6 if dtype == np.float32 else 1e-12, atol=0)
+
     v = np.exp(rng.normal(0, 1, k))
     c = np.full(n, 1.0 / n)
     u_ref, acc_ref = REF.sweep(K_ref, v, c)

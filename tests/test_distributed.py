@@ -218,8 +218,9 @@ def boom(out):
 
 
 def nan_log_sweep(out):
-    a, col = out
-    return a, col * np.nan
+    """A log step (with or without the kernel it writes) whose column masses are NaN."""
+    a, col, *kernel = out
+    return (a, col * np.nan, *kernel)
 
 
 def die(out):
@@ -470,7 +471,7 @@ SCENARIOS = [
     ("balanced_rank_fails", "g3", scenario_balanced_fails(2, "certificate_terms")),
     ("not_member", None, scenario_not_member),
     ("raises", None, scenario_sabotage("eq4", "numpy", "sweep", 7, boom, victim=1)),
-    ("nan_midway", "g3", scenario_sabotage("eq3", "torch", "log_sweep", 2, nan_log_sweep, victim=2)),
+    ("nan_midway", "g3", scenario_sabotage("eq3", "torch", "log_sweep_build", 2, nan_log_sweep, victim=2)),
     ("small", None, scenario_small),
     ("hang", "ghang", scenario_hang),
     ("dies", None, scenario_sabotage("eq4", "numpy", "sweep", 5, die, victim=3)),

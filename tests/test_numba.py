@@ -326,3 +326,22 @@ def test_absorption_in_place_keeps_the_error_honest(kind, lam, monkeypatch):
     assert np.abs(cols * 40 - 1).max() <= h.error * (1 + 1e-3) + 2e-5 <= 1e-3 * (1 + 1e-3) + 2e-5
     if lam == 25.0:  # absorbed in place at least once
         assert calls["rescale_kernel"] >= 1
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_partial_rebuild_in_parallel_matches_numpy(dtype):
+    # more rows than the serial limit: the parallel row-list kernel, in place
+    from sinklabel.backends._numba import _SERIAL_MAX
+
+    n, k = 2 * _SERIAL_MAX // 100 + 7, 100
+    S = make_scores(n, k, kind="neginf", seed=9, dtype=dtype)
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0, 2, n) - 25.0, rng.normal(0, 2, k)
+    rows = np.sort(rng.choice(n, n // 2, replace=False)).astype(np.int64)
+    B, ref = get_backend("numba"), get_backend("numpy")
+    K = np.full((n, k), 7.0, dtype=dtype)
+    out = B.build_rows(S, 25.0, a, b, K, rows)
+    assert out is K
+    want = np.full((n, k), 7.0, dtype=dtype)
+    want[rows] = ref.build_kernel(S[rows], 25.0, a[rows], b)
+    np.testing.assert_allclose(K, want, rtol=2e-6 if dtype == np.float32 else 1e-12, atol=0)

@@ -20,6 +20,15 @@ counts; it supplies:
     used to start, to warm-start, and to rescue the kernel iteration.
 ``build_kernel(S, lam, a, b, out)``
     Write ``Kmat`` (the only N x K array a solve allocates) into ``out`` if given.
+``log_sweep_build(S, lam, g, log_c, out)``
+    ``log_sweep`` that also writes the kernel in the frame ``(a, g)`` (the rows it just
+    made exact) into ``out`` (allocated if None): ``(a, col_lse, Kmat)``. The default
+    runs the two passes; a backend that fuses them saves an ``exp`` pass at the start
+    and at every rescue.
+``build_rows(S, lam, a, b, Kmat, rows)``
+    Rebuild the rows ``rows`` (host int64 indices) of ``Kmat`` in the frame ``(a, b)``,
+    the others untouched: the driver's partial rebuild when only a few rows' stored
+    zeros could matter. The default gathers row blocks through ``build_kernel``.
 ``sweep(Kmat, v, c)``
     The fused iteration: ``u_i = c_i / sum_k Kmat_ik v_k`` (rows exact) and
     ``acc_k = sum_i Kmat_ik u_i``; the column masses of the plan are then ``v * acc``.
@@ -164,6 +173,25 @@ class Backend:
 
     def sweep(self, Kmat: Any, v: Any, c: Any) -> tuple[Any, Any]:
         raise NotImplementedError
+
+    def log_sweep_build(
+        self, S: Any, lam: float, g: Any, log_c: Any, out: Any = None
+    ) -> tuple[Any, Any, Any]:
+        """``log_sweep`` and the kernel in its frame ``(a, g)``; two passes by default."""
+        a, col_lse = self.log_sweep(S, lam, g, log_c)
+        return a, col_lse, self.build_kernel(S, lam, a, g, out=out)
+
+    def build_rows(self, S: Any, lam: float, a: Any, b: Any, Kmat: Any, rows: np.ndarray) -> Any:
+        """Rows ``rows`` of ``Kmat`` rebuilt in the frame ``(a, b)``, in blocks of rows
+        (temporaries of at most ``2^22`` entries); the other rows are left as they are."""
+        if rows.size == 0:
+            return Kmat
+        idx = self.from_numpy(np.ascontiguousarray(rows, dtype=np.int64), like=a)
+        step = max(1, (1 << 22) // max(S.shape[1], 1))
+        for start in range(0, rows.size, step):
+            blk = idx[start : start + step]
+            Kmat[blk] = self.build_kernel(S[blk], lam, a[blk], b)
+        return Kmat
 
     def argmax(self, S: Any, lam: float, g: Any) -> Any:
         raise NotImplementedError

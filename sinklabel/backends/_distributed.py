@@ -284,6 +284,10 @@ class DistributedBackend(Backend):
         # the kernel's rows are this rank's; no exchange
         return self._local(self.inner.rescale_kernel, Kmat, row_log, col_log, dummy=lambda: Kmat)
 
+    def build_rows(self, S: Any, lam: float, a: Any, b: Any, Kmat: Any, rows: np.ndarray) -> Any:
+        # this rank's rows; no exchange
+        return self._local(self.inner.build_rows, S, lam, a, b, Kmat, rows, dummy=lambda: Kmat)
+
     def argmax(self, S: Any, lam: float, g: Any) -> Any:
         self._seen(S)
         zeros = lambda: self.inner.from_numpy(np.zeros(S.shape[0], np.int64), like=S)  # noqa: E731
@@ -325,13 +329,30 @@ class DistributedBackend(Backend):
             return self.inner.full(n, 0.0, like=S), self.inner.full(k, -np.inf, like=S)
 
         a, col = self._local(self.inner.log_sweep, S, lam, g, log_c, dummy=dummy)
+        return a, self._column_lse(a, col, g)
+
+    def log_sweep_build(
+        self, S: Any, lam: float, g: Any, log_c: Any, out: Any = None
+    ) -> tuple[Any, Any, Any]:
+        # the kernel's rows are this rank's; the column log-masses are combined as in log_sweep
+        self._seen(S)
+        n, k = S.shape
+
+        def dummy() -> tuple[Any, Any, Any]:
+            return self.inner.full(n, 0.0, like=S), self.inner.full(k, -np.inf, like=S), S
+
+        a, col, Kmat = self._local(self.inner.log_sweep_build, S, lam, g, log_c, out, dummy=dummy)
+        return a, self._column_lse(a, col, g), Kmat
+
+    def _column_lse(self, a: Any, col: Any, g: Any) -> Any:
+        """This rank's column log-masses combined over the ranks (log-sum-exp)."""
         # no valid input gives NaN here (rows reach a cluster, scores were scanned)
         nan = self.exchange.wire(self.xp.isnan(col).any() | self.xp.isnan(a).any())
         top = self.exchange.reduce(col, "max", "log_sweep", nan=nan)
         shift = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
         total = self.exchange.reduce(torch.exp(self.exchange.wire(col) - shift), "sum", "log_sweep")
         lse = torch.where(total > 0, torch.log(total) + shift, torch.full_like(total, -np.inf))
-        return a, self._back(lse, like=g)
+        return self._back(lse, like=g)
 
     def sweep(self, Kmat: Any, v: Any, c: Any) -> tuple[Any, Any]:
         n = c.shape[0]

@@ -286,17 +286,20 @@ def _scan(S, n_chunks):
 
 
 @njit(fastmath=_FAST, nogil=True, cache=True, error_model="numpy")
-def _log_sweep_rows1(S, lam, g, log_c, a, mass, lo, hi):
+def _log_sweep_rows1(S, lam, g, log_c, a, mass, lo, hi, out, thr):
     """Rows lo..hi of the log-domain step with one ``exp`` per entry (float64, exact).
 
     ``e_ik = exp(lam S_ik + g_k - m_i)`` (``m_i`` the row's maximum) gives the row's
     log-sum-exp and, times ``c_i / sum_k e_ik``, the plan's entries, summed per column
     into ``mass``. Entries below e^-708 of their row's largest are dropped (at most
     ``e^-708 sum(c)`` per column): a column whose mass is not far above that is summed
-    again exactly (``_col_lse_rows``).
+    again exactly (``_col_lse_rows``). With a non-empty ``out`` the kernel's rows in the
+    frame ``(a, g)`` are written too, ``out_ik = e_ik / sum_k e_ik`` (0 below ``thr``):
+    the start and every rescue build their kernel without a second ``exp`` pass.
     """
     k = S.shape[1]
     buf = np.empty(k)
+    write = out.shape[0] > 0
     for i in range(lo, hi):
         row = S[i]
         m = -np.inf
@@ -313,6 +316,12 @@ def _log_sweep_rows1(S, lam, g, log_c, a, mass, lo, hi):
         if w > 0:
             for j in range(k):
                 mass[j] += w * buf[j]
+        if write:
+            dst = out[i]
+            inv = 1.0 / z
+            for j in range(k):
+                y = buf[j] * inv
+                dst[j] = y if y >= thr else 0.0
 
 
 @njit(fastmath=_FAST, nogil=True, cache=True, error_model="numpy")
@@ -336,11 +345,12 @@ def _col_lse_rows(S, lam, g, log_c, a, cols, col_ref, col_sum, lo, hi):
 
 
 @njit(parallel=True, fastmath=_FAST, cache=True, error_model="numpy")
-def _log_sweep1(S, lam, g, log_c, a, masses):
+def _log_sweep1(S, lam, g, log_c, a, masses, out, thr):
     n = S.shape[0]
     n_chunks = masses.shape[0]
     for t in prange(n_chunks):
-        _log_sweep_rows1(S, lam, g, log_c, a, masses[t], t * n // n_chunks, (t + 1) * n // n_chunks)
+        lo, hi = t * n // n_chunks, (t + 1) * n // n_chunks
+        _log_sweep_rows1(S, lam, g, log_c, a, masses[t], lo, hi, out, thr)
 
 
 @njit(parallel=True, fastmath=_FAST, cache=True, error_model="numpy")
@@ -403,6 +413,19 @@ def _build_rows32(S, lam, a, b, floor, out, lo, hi):
         for j in range(k):
             x = np.float64(row[j]) * lam + ai + b[j]
             dst[j] = _expf64(x) if x >= floor else np.float32(0.0)
+
+
+@njit(parallel=True, fastmath=_FAST, cache=True, error_model="numpy")
+def _build_at(S, lam, a, b, floor, out, rows, n_chunks, single):
+    """The rows ``rows`` only (a partial rebuild), in place: no temporaries."""
+    m = rows.shape[0]
+    for t in prange(n_chunks):
+        for q in range(t * m // n_chunks, (t + 1) * m // n_chunks):
+            i = rows[q]
+            if single:
+                _build_rows32(S, lam, a, b, floor, out, i, i + 1)
+            else:
+                _build_rows(S, lam, a, b, floor, out, i, i + 1)
 
 
 @njit(parallel=True, fastmath=_FAST, cache=True, error_model="numpy")
@@ -660,16 +683,32 @@ class NumbaBackend(NumpyBackend):
     def log_sweep(self, S, lam, g, log_c):
         if not self._native(S):
             return super().log_sweep(S, lam, g, log_c)
+        return self._log_sweep(S, lam, g, log_c, None)[:2]
+
+    def log_sweep_build(self, S, lam, g, log_c, out=None):
+        if not self._native(S):
+            return super().log_sweep_build(S, lam, g, log_c, out=out)
+        n, k = S.shape
+        if out is None:
+            out = np.empty((n, k), dtype=self.compute_dtype(S))
+        return self._log_sweep(S, lam, g, log_c, out)
+
+    def _log_sweep(self, S, lam, g, log_c, out):
+        """``log_sweep``, and the kernel in the frame ``(a, g)`` into ``out`` if given."""
         n, k = S.shape
         a = np.empty(n, dtype=np.float64)
         g = np.ascontiguousarray(g, dtype=np.float64)
         log_c = np.ascontiguousarray(log_c, dtype=np.float64)
+        if out is None:
+            out, thr = np.empty((0, 0), dtype=self.compute_dtype(S)), 0.0
+        else:
+            thr = math.exp(self.exp_floor(out.dtype))
         chunks = _chunks(S)
         masses = np.zeros((chunks, k))
         if chunks == 1:
-            _log_sweep_rows1(S, float(lam), g, log_c, a, masses[0], 0, n)
+            _log_sweep_rows1(S, float(lam), g, log_c, a, masses[0], 0, n, out, thr)
         else:
-            _log_sweep1(S, float(lam), g, log_c, a, masses)
+            _log_sweep1(S, float(lam), g, log_c, a, masses, out, thr)
         mass = _chunk_sum(masses)
         with np.errstate(divide="ignore"):
             col_lse = np.log(mass)
@@ -684,7 +723,7 @@ class NumbaBackend(NumpyBackend):
             else:
                 _col_lse(S, float(lam), g, log_c, a, cols, refs, sums)
             col_lse[cols] = _merge_lse(refs, sums)
-        return a, col_lse
+        return a, col_lse, out
 
     def build_kernel(self, S, lam, a, b, out=None):
         if not self._native(S):
@@ -701,6 +740,18 @@ class NumbaBackend(NumpyBackend):
         else:
             (_build_rows32 if single else _build_rows)(S, float(lam), a, b, self.exp_floor(dtype), out, 0, n)
         return out
+
+    def build_rows(self, S, lam, a, b, Kmat, rows):
+        if not self._native(S) or Kmat.dtype not in (np.float32, np.float64):
+            return super().build_rows(S, lam, a, b, Kmat, rows)
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+        if rows.size:
+            b = np.ascontiguousarray(b, dtype=np.float64)
+            small = rows.size * S.shape[1] <= _SERIAL_MAX
+            chunks = 1 if small else max(1, min(rows.size, 4 * numba.get_num_threads()))
+            single = Kmat.dtype == np.float32
+            _build_at(S, float(lam), a, b, self.exp_floor(Kmat.dtype), Kmat, rows, chunks, single)
+        return Kmat
 
     def rescale_kernel(self, Kmat, row_log, col_log):
         if Kmat.dtype not in (np.float32, np.float64):
