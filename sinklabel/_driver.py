@@ -53,7 +53,7 @@ import numpy as np
 from ._arrays import array_library, hand_back, stack, to_host
 from ._balanced import balance_head, resolve_balanced, uncertified_message
 from ._feasibility import check_feasible
-from ._iteration import iterate
+from ._iteration import COARSE_FRACTION, coarse_start, iterate, wants_coarse_start
 from ._result import ConvergenceWarning, HeadResult, Result
 from ._sizes import integer_sizes
 from ._validate import (
@@ -295,6 +295,7 @@ class Arguments:
     priors: list  # per head: None or the prior as given
     weights: np.ndarray | None  # this process's weights on the host, checked, not normalised
     warm: list  # per head: float64 column log-potentials to start from
+    warm_given: bool  # whether they came from `init` (else zeros: a cold start)
     neginf: list  # per head: whether this process's scores hold any -inf
     started: float  # time.perf_counter() at the call
 
@@ -360,8 +361,8 @@ def arguments(
     return Arguments(
         heads=heads, multi=multi, backend=B, device=device, lam=lam, tol=tol, max_iter=max_iter,
         check_every=check_every, acceleration=acceleration, kernel=kernel, balanced=balanced,
-        callback=callback, priors=priors, weights=weights, warm=warm, neginf=neginf,
-        started=started,
+        callback=callback, priors=priors, weights=weights, warm=warm, warm_given=init is not None,
+        neginf=neginf, started=started,
     )  # fmt: skip
 
 
@@ -508,6 +509,16 @@ def run(problem: Problem, backend: Backend) -> Result:
     for t, S in enumerate(p.scores):
         r = B.from_numpy(p.cluster_masses[t], like=S)
         g0 = B.from_numpy(args.warm[t], like=S)
+        if wants_coarse_start(p.n_points, S.shape[1], args.tol, p.memory, args.warm_given):
+            g_coarse, coarse = coarse_start(B, S, lam, c, r, g0, p.memory, p.stream, args.neginf[t])
+            if coarse is not None:
+                log.info(
+                    "head %d: coarse start from 1/%d of the points, %d evaluations, error %.2g%s",
+                    t, COARSE_FRACTION, coarse.n_iter, coarse.error,
+                    "" if g_coarse is not None else " (not used)",
+                )
+            if g_coarse is not None:
+                g0 = g_coarse
         on_check = _checks(t, n_heads, args.tol, args.max_iter, args.callback)
         sol = iterate(
             B, S, lam, c, r, g0, args.tol, args.max_iter, p.check_every, p.memory, p.stream, on_check

@@ -135,6 +135,9 @@ class _StoredKernel:
         #: the tolerance (the error measured on the kernel's plan is then within 0.7 % of
         #: tol of the full plan's)
         self.LOST = float(np.log(tol)) - 5.0
+        #: a partial rebuild brings the bound this far under LOST: the moves that follow
+        #: fit in the room without another absorption
+        self.ROOM = 8.0
         dtype = B.compute_dtype(S)
         self.tau = _tau(dtype)
         self.floor = B.exp_floor(dtype)
@@ -146,23 +149,44 @@ class _StoredKernel:
         self.b_up: Any = 0.0
         with np.errstate(divide="ignore"):  # log of the total point mass (all ranks)
             self.log_mass = float(np.log(B.allsum(np.array([float(c.sum())]))[0]))
-        self.rescales = self.rebuilds = 0
+        self.rescales = self.rebuilds = self.partial = 0
+
+    def _frame(self, a: Any, b: Any) -> None:
+        """The kernel now holds ``exp(lam S + a + b)``, freshly computed from the scores."""
+        self.a, self.b, self.a_up, self.a_up_max, self.b_up = a, b, 0.0, 0.0, self.cols.zeros
 
     def _build(self, a: Any, b: Any) -> None:
-        self.a, self.b, self.a_up, self.a_up_max, self.b_up = a, b, 0.0, 0.0, self.cols.zeros
+        self._frame(a, b)
         self.Kmat = self.B.build_kernel(self.S, self.lam, a, b, out=self.Kmat)
 
-    def anchor(self, a: Any, b: Any, x: Any = None) -> None:
-        """(Re)build the kernel at a log step's rows ``a`` and its plain successor ``b``;
-        the next sweep evaluates ``x`` if it is within ``tau`` of that frame, else ``b``."""
-        B, cols = self.B, self.cols
-        self._build(a, b)
-        self.x, self.v = b, cols.ones
+    def log_sweep(self, g: Any, log_c: Any) -> tuple[Any, Any]:
+        """The exact log step at ``g``; the kernel is written in its frame ``(a, g)`` in the
+        same pass (:meth:`Backend.log_sweep_build`)."""
+        a, col_lse, self.Kmat = self.B.log_sweep_build(self.S, self.lam, g, log_c, out=self.Kmat)
+        self._frame(a, g)
+        return a, col_lse
+
+    def anchor(self, a: Any, g: Any, g_plain: Any, x: Any = None) -> None:
+        """Continue from the log step at ``g`` (rows ``a``, plain successor ``g_plain``):
+        the next sweep evaluates ``x`` (default ``g_plain``) on the kernel that step wrote,
+        in the frame ``(a, g)``, if ``x`` is within ``tau`` of it; otherwise the kernel is
+        rebuilt at ``(a, g_plain)`` and evaluates ``x`` if within ``tau`` of that, else
+        ``g_plain``."""
+        B, xp, cols = self.B, self.B.xp, self.cols
+        for target in (g_plain,) if x is None else (x, g_plain):
+            with np.errstate(invalid="ignore"):
+                log_v = xp.where(cols.active, target - g, cols.zeros)
+            if B.max_float(xp.abs(log_v)) <= self.tau:
+                self.x, self.v = target, xp.exp(log_v)
+                return
+        self._build(a, g_plain)
+        self.rebuilds += 1
+        self.x, self.v = g_plain, cols.ones
         if x is not None:
             with np.errstate(invalid="ignore"):
-                log_v = B.xp.where(cols.active, x - b, cols.zeros)
-            if B.max_float(B.xp.abs(log_v)) <= self.tau:
-                self.x, self.v = x, B.xp.exp(log_v)
+                log_v = xp.where(cols.active, x - g_plain, cols.zeros)
+            if B.max_float(xp.abs(log_v)) <= self.tau:
+                self.x, self.v = x, xp.exp(log_v)
 
     def sweep(self) -> None:
         self.u, self.acc = self.B.sweep(self.Kmat, self.v, self.c)
@@ -209,6 +233,56 @@ class _StoredKernel:
             lost = self.floor + np.log(total) + top + Bk
         return float(lost)
 
+    def _rows_to_rebuild(self, A: Any, b_up: Any) -> np.ndarray | None:
+        """Host indices of the rows to rebuild from the scores after an absorption so that
+        :meth:`_lost`'s bound falls to ``LOST - ROOM`` (the others are rescaled); None when that
+        takes more than a fifth of the rows on some rank (a full rebuild is then as cheap).
+
+        ``A`` bounds each row's rise as in :meth:`_lost`; a rebuilt row's stored zeros are
+        below ``e^floor`` in the new frame (its rise becomes 0). The rows of each rank
+        keep that rank's share of the bound (its share of the point mass), so the bound
+        holds over all ranks without exchanging rows.
+        """
+        B, xp, cols = self.B, self.B.xp, self.cols
+        with np.errstate(invalid="ignore"):
+            Bk = B.max_float(xp.where(cols.active, b_up - cols.log_r, -np.inf))
+        c = B.to_numpy(self.c)
+        w = B.to_numpy(A).astype(np.float64, copy=False)  # A is ours: worked on in place
+        del A
+        n = c.shape[0]
+        mass = float(c.sum())
+        total_mass = float(B.allsum(np.array([mass]))[0])
+        top = float(w.max()) if n else 0.0
+        with np.errstate(divide="ignore", over="ignore", under="ignore"):
+            # sum_i c_i e^(A_i) may be at most e^budget (with room for the next few moves);
+            # in units of e^top, this rank's share
+            budget = self.LOST - self.ROOM - self.floor - Bk - top
+            share = np.exp(budget) * (mass / total_mass) if total_mass > 0 else 0.0
+            w -= top
+            np.exp(w, out=w)
+            w *= c  # c_i e^(A_i - top)
+            total = float(w.sum())
+            order = np.argsort(w)[::-1]  # heaviest first
+            left = w[order]
+            del w
+            # rebuilding the first m rows of `order` leaves the rest, and the rebuilt rows
+            # at rise 0: total - sum over the first m of (c_i e^(A_i - top) - c_i e^-top)
+            rebuilt = c[order]
+            rebuilt *= np.exp(-top)
+            left -= rebuilt
+            del rebuilt
+            np.cumsum(left, out=left)
+            np.subtract(total, left, out=left)
+        if n == 0 or total <= share:
+            m = 0
+        else:
+            fits = left <= share
+            m = int(np.argmax(fits)) + 1 if fits.any() else n + 1
+        too_many = float(m > n // 5)
+        if B.allsum(np.array([too_many]))[0] > 0:
+            return None
+        return np.sort(order[:m]).astype(np.int64)
+
     def move(self, x: Any) -> bool:
         """Evaluate ``x`` next; False when the scalings cannot be absorbed (rescue).
 
@@ -251,9 +325,17 @@ class _StoredKernel:
         with np.errstate(invalid="ignore"):
             b_up = self.b_up + log_v
             b_up = xp.where(cols.active & (b_up > 0.0), b_up, 0.0)
-        if self._lost(lambda: a_up + grow, a_up_max + grow, b_up, cols.zeros) <= self.LOST:
+        lost = self._lost(lambda: a_up + grow, a_up_max + grow, b_up, cols.zeros)
+        rows = None if lost <= self.LOST else self._rows_to_rebuild(a_up + grow, b_up)
+        if lost <= self.LOST or rows is not None:
             self.Kmat = B.rescale_kernel(self.Kmat, row_log, log_v)
-            self.a, self.b, self.b_up = self.a + row_log, b, b_up
+            a = self.a + row_log
+            if rows is not None:  # the few rows whose stored zeros could matter, from the scores
+                self.Kmat = B.build_rows(self.S, self.lam, a, b, self.Kmat, rows)
+                a_up[B.from_numpy(rows, like=a_up)] = 0.0
+                a_up_max = B.max_float(a_up)
+                self.partial += 1
+            self.a, self.b, self.b_up = a, b, b_up
             self.a_up, self.a_up_max = a_up, a_up_max
             self.rescales += 1
         else:
@@ -272,9 +354,12 @@ class _StreamedKernel:
         self.B, self.S, self.lam, self.c, self.cols = B, S, lam, c, cols
         self.a = self.x = self.a_next = self.mass = None
 
-    def anchor(self, a: Any, b: Any, x: Any = None) -> None:
-        """Continue from a log step's rows ``a``, evaluating ``x`` (default ``b``) next."""
-        self.a, self.x = a, b if x is None else x
+    def log_sweep(self, g: Any, log_c: Any) -> tuple[Any, Any]:
+        return self.B.log_sweep(self.S, self.lam, g, log_c)
+
+    def anchor(self, a: Any, g: Any, g_plain: Any, x: Any = None) -> None:
+        """Continue from a log step's rows ``a``, evaluating ``x`` (default ``g_plain``) next."""
+        self.a, self.x = a, g_plain if x is None else x
 
     def sweep(self) -> None:
         self.a_next, self.mass = self.B.stream_sweep(self.S, self.lam, self.a, self.x, self.c)
@@ -355,7 +440,7 @@ def iterate(
 
     def log_step(g: Any) -> tuple[Any, Any, float]:
         """One exact log-domain evaluation at ``g``: rows ``a``, plain successor, ``err``."""
-        a, col_lse = B.log_sweep(S, lam, g, log_c)
+        a, col_lse = mode.log_sweep(g, log_c)
         progress.n_iter += 1
         with np.errstate(invalid="ignore"):
             g_plain = xp.where(cols.active, g + cols.log_r - col_lse, cols.neg_inf)
@@ -385,7 +470,7 @@ def iterate(
         return finish(err <= tol, progress.best, err)
     if check_every == 1:  # history only: the next evaluation is at g_plain
         propose(g, g_plain, err, mix=False)
-    mode.anchor(a, g_plain)
+    mode.anchor(a, g, g_plain)
     while progress.n_iter < max_iter:
         mode.sweep()
         progress.n_iter += 1
@@ -423,6 +508,66 @@ def iterate(
             break
         # the kernel moves to the log step's plain successor (entries bounded by N/K);
         # the next evaluation is the proposal, if it is within tau of that frame
-        mode.anchor(a, g_plain, nxt)
+        mode.anchor(a, g, g_plain, nxt)
     # not converged: report the evaluated state with the smallest error (rows exact)
     return finish(False, progress.best, progress.best_err)
+
+
+#: the coarse start (:func:`coarse_start`): one point in COARSE_FRACTION, solved to COARSE_TOL
+COARSE_FRACTION = 20
+COARSE_TOL = 0.3
+#: at most this many evaluations of the sample (it is then not used)
+COARSE_MAX_ITER = 60
+#: only for problems of at least this many entries and COARSE_POINTS points per cluster
+#: in the sample (below, the start is cheap next to the rest of the solve)
+COARSE_MIN_ENTRIES = 1 << 24
+COARSE_POINTS = 8
+
+
+def wants_coarse_start(n_points: int, n_clusters: int, tol: float, memory: int, warm: bool) -> bool:
+    """Whether :func:`run <sinklabel._driver.run>` starts a head from :func:`coarse_start`:
+    a cold (not warm-started) accelerated solve of a large problem to a tolerance below
+    ``COARSE_TOL``. Depends only on numbers every process of a solve shares."""
+    return (
+        not warm
+        and memory > 0
+        and tol < COARSE_TOL
+        and n_points * n_clusters >= COARSE_MIN_ENTRIES
+        and n_points >= COARSE_FRACTION * COARSE_POINTS * n_clusters
+    )
+
+
+def coarse_start(
+    B: Backend, S: Any, lam: float, c: Any, r: Any, g0: Any, memory: int, stream: bool, neginf: bool
+) -> tuple[Any, _HeadSolution] | tuple[None, _HeadSolution | None]:
+    """Column potentials to start a cold solve from: a random ``1 / COARSE_FRACTION`` of
+    the points (the same on every call: seed 0), their masses scaled to sum to 1, solved
+    to ``COARSE_TOL``; ``(None, ...)`` when the sample does not get there (e.g. a
+    cluster only points outside it can reach).
+
+    Why: from cold potentials the first evaluations move the column potentials by
+    hundreds (clusters few points like take ``lam`` times their handicap), far beyond
+    the float32 kernel's frame, and each move costs an ``exp`` pass over the scores; the
+    sample makes those moves at a twentieth of the price, so that the full solve starts
+    within the frame of its first log step (measured: one ``exp`` pass over the scores
+    instead of four to six at 200,000 x 1,000, and fewer evaluations; RESULTS.md).
+    Memory: the sampled rows are copied (N / 20 x K), and their kernel unless ``stream``.
+    With ``-inf`` scores (``neginf``) the sample is scanned first: a cluster none of its
+    points can reach is not tried (one read of the sample).
+    """
+    n_local = S.shape[0]
+    m = n_local // COARSE_FRACTION
+    if B.allsum(np.array([float(m == 0)]))[0] > 0:  # some process would sample nothing
+        return None, None
+    idx = np.sort(np.random.default_rng(0).choice(n_local, m, replace=False)).astype(np.int64)
+    take = B.from_numpy(idx, like=c)
+    c_sub = c[take]
+    total = float(B.allsum(np.array([float(B.to_numpy(c_sub).sum())]))[0])
+    if not total > 0:
+        return None, None
+    sub = S[take]
+    neginf = B.allsum(np.array([float(neginf)]))[0] > 0  # any process's scores
+    if neginf and B.to_numpy(r)[B.scan(sub).dead_cols].any():
+        return None, None
+    sol = iterate(B, sub, lam, c_sub / total, r, g0, COARSE_TOL, COARSE_MAX_ITER, 1, memory, stream)
+    return (sol.log_v if sol.converged else None), sol

@@ -1,5 +1,6 @@
 """The mathematics of the solver: marginals, invariances, POT, the exact LP, warm starts, heads."""
 
+import logging
 import warnings
 
 import numpy as np
@@ -321,3 +322,95 @@ def test_prepare_then_run_is_solve():
     sizes = np.array([100, 80, 60, 40, 23])
     assert (_driver.target_sizes(303, sizes, sizes / 303.0) == sizes).all()
     np.testing.assert_array_equal(_driver.target_sizes(303, None, np.full(5, 0.2)), [61, 61, 61, 60, 60])
+
+
+# -- the stored kernel's partial rebuilds and the coarse start --------------------------------
+
+
+def _spy(B, name):
+    """Count the calls of B.<name> (a fresh backend instance: get_backend caches them)."""
+    calls = []
+    fn = getattr(B, name)
+
+    def spy(*args, **kw):
+        calls.append(args[0].shape)
+        return fn(*args, **kw)
+
+    setattr(B, name, spy)
+    return calls
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_partial_rebuilds_stay_honest(backend, monkeypatch):
+    from sinklabel._iteration import _StoredKernel
+
+    if backend == "numba":
+        pytest.importorskip("numba")
+    S = make_scores(5000, 50, kind="realistic", seed=1)
+    B = type(sinklabel.backends.get_backend(backend))()
+    calls = _spy(B, "build_rows")
+    res = sinklabel.solve(S, 25.0, backend=B, balanced=False)
+    assert calls, "expected a partial rebuild on this problem"
+    h = res.heads[0]
+    assert h.converged
+    assert_marginals(S, 25.0, h, 1e-3)  # the plan of the potentials, in float64
+    # the same problem with every absorption that needs the scores rebuilding all rows
+    monkeypatch.setattr(_StoredKernel, "_rows_to_rebuild", lambda self, A, b_up: None)
+    B2 = type(B)()
+    full = _spy(B2, "build_rows")
+    res2 = sinklabel.solve(S, 25.0, backend=B2, balanced=False)
+    assert not full and res2.heads[0].converged
+    assert_marginals(S, 25.0, res2.heads[0], 1e-3)
+
+
+def _coarse_everywhere(monkeypatch):
+    import sinklabel._iteration as it
+
+    monkeypatch.setattr(it, "COARSE_MIN_ENTRIES", 0)
+
+
+def test_coarse_start_is_used_deterministic_and_honest(monkeypatch, caplog):
+    _coarse_everywhere(monkeypatch)
+    S = make_scores(20000, 100, kind="neginf", seed=2)
+    with caplog.at_level(logging.INFO, logger="sinklabel"):
+        res = sinklabel.solve(S, 25.0, balanced=False)
+    assert any("coarse start" in m and "not used" not in m for m in caplog.messages)
+    h = res.heads[0]
+    assert h.converged
+    assert_marginals(S, 25.0, h, 1e-3)
+    again = sinklabel.solve(S, 25.0, balanced=False)
+    np.testing.assert_array_equal(again.heads[0].log_v, h.log_v)
+
+
+@pytest.mark.parametrize("why", ["init", "tol", "plain", "few points"])
+def test_coarse_start_only_for_cold_accelerated_solves(why, monkeypatch, caplog):
+    _coarse_everywhere(monkeypatch)
+    S = make_scores(20000 if why != "few points" else 15000, 100, seed=3)
+    kw = {"init": np.zeros(100)} if why == "init" else {}
+    kw.update({"tol": 0.3} if why == "tol" else {})
+    kw.update({"acceleration": None} if why == "plain" else {})
+    with caplog.at_level(logging.INFO, logger="sinklabel"):
+        sinklabel.solve(S, 25.0, balanced=False, max_iter=20000, **kw)
+    assert not any("coarse start" in m for m in caplog.messages)
+
+
+def test_coarse_start_skips_a_sample_that_misses_a_cluster(monkeypatch, caplog):
+    # cluster 7 is reachable by 40 points only, none of them in the sample: the sample is
+    # not tried, and the solve starts cold
+    _coarse_everywhere(monkeypatch)
+    n, k = 20000, 100
+    S = make_scores(n, k, seed=4)
+    sample = np.random.default_rng(0).choice(n, n // 20, replace=False)
+    outside = np.setdiff1d(np.arange(n), sample)[:40]
+    S[:, 7] = -np.inf
+    S[outside, 7] = -1.0
+    prior = np.full(k, (1 - 20 / n) / (k - 1))
+    prior[7] = 20 / n  # 20 points' worth, of the 40 that can reach it
+    B = type(sinklabel.backends.get_backend("numpy"))()
+    sweeps = _spy(B, "sweep")
+    with caplog.at_level(logging.INFO, logger="sinklabel"):
+        res = sinklabel.solve(S, 25.0, prior=prior, balanced=False, backend=B)
+    assert not any("coarse start" in m for m in caplog.messages)
+    assert all(shape[0] == n for shape in sweeps)  # no sweep of a sample
+    assert res.heads[0].converged
+    assert_marginals(S, 25.0, res.heads[0], 1e-3, r=prior)
