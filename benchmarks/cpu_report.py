@@ -3,7 +3,7 @@
     python benchmarks/cpu_report.py [--sizes 20000x100,200000x1000] [--rounds 3]
                                     [--families] [--no-pot] [--write]
     python benchmarks/cpu_report.py --breakdown 200000x1000 [--before /tmp/before] [--pot-iters 1233]
-    python benchmarks/cpu_report.py --exp-counts 20000x100
+    python benchmarks/cpu_report.py --exp-counts 20000x100 [--before /tmp/before] [--lams 1,10,25]
 
 For each size, on one generated problem (float32 realistic scores, seed 0; lam = 25,
 tol 1e-3, rows exact; see ``_methods.py``), every installed sinklabel CPU backend runs
@@ -104,7 +104,9 @@ def sweep_ratios(S: np.ndarray, pairs: int = 21) -> dict[str, float]:
 #: the backend primitives timed by :func:`breakdown`, and how many exp of every entry each costs
 PRIMITIVES = {
     "log_sweep": 1,
+    "log_sweep_build": 1,
     "build_kernel": 1,
+    "build_rows": 1,
     "start_kernel": 1,
     "rescale_kernel": 0,
     "sweep": 0,
@@ -113,6 +115,38 @@ PRIMITIVES = {
     "argmax": 0,
     "gather": 0,
 }
+
+
+def spy_primitives(B, n: int, k: int, record) -> list[str]:
+    """Wrap the primitives of backend instance ``B`` that exist (older checkouts lack some):
+    ``record(name, seconds, passes)`` after each outermost call, ``passes`` its exp passes
+    over the ``n x k`` scores (fractions for a partial rebuild or a sample of the points;
+    ``name`` gets " (sample)" for the coarse start's calls). Returns the wrapped names."""
+    depth = [0]
+
+    def timed(name, fn):
+        def wrapper(*args, **kw):
+            depth[0] += 1
+            t = time.perf_counter()
+            try:
+                out = fn(*args, **kw)
+            finally:
+                depth[0] -= 1
+            seconds = time.perf_counter() - t
+            if depth[0] == 0:  # a default that calls other primitives counts once
+                shape = args[0].shape
+                rows = len(args[5]) if name == "build_rows" else shape[0]
+                sample = name != "build_rows" and shape[0] != n
+                passes = PRIMITIVES[name] * rows * shape[1] / (n * k)
+                record(name + (" (sample)" if sample else ""), seconds, passes)
+            return out
+
+        return wrapper
+
+    names = [name for name in PRIMITIVES if hasattr(B, name)]
+    for name in names:
+        setattr(B, name, timed(name, getattr(B, name)))
+    return names
 
 
 def breakdown(S: np.ndarray, backend: str = "numba", **solve_kw) -> tuple[dict, list[dict], float]:
@@ -125,20 +159,9 @@ def breakdown(S: np.ndarray, backend: str = "numba", **solve_kw) -> tuple[dict, 
     from sinklabel.backends import get_backend
 
     B = get_backend(backend)
-    stats: dict[str, list[float]] = {}
-
-    def timed(name, fn):
-        def wrapper(*args, **kw):
-            t = time.perf_counter()
-            out = fn(*args, **kw)
-            stats.setdefault(name, []).append(time.perf_counter() - t)
-            return out
-
-        return wrapper
-
-    for name in PRIMITIVES:
-        if hasattr(B, name):
-            setattr(B, name, timed(name, getattr(B, name)))
+    stats: dict[str, list[tuple[float, float]]] = {}
+    n, k = S.shape
+    names = spy_primitives(B, n, k, lambda name, t, p: stats.setdefault(name, []).append((t, p)))
     stream_read(S)
     reads = []
     for _ in range(5):
@@ -152,18 +175,19 @@ def breakdown(S: np.ndarray, backend: str = "numba", **solve_kw) -> tuple[dict, 
             res = sinklabel.solve(S, backend=backend, **solve_kw)
             total = time.perf_counter() - t
     finally:
-        for name in PRIMITIVES:
+        for name in names:
             B.__dict__.pop(name, None)
     for _ in range(5):
         t = time.perf_counter()
         stream_read(S)
         reads.append(time.perf_counter() - t)
     read = float(np.median(reads))
-    rows = [
-        dict(name=name, calls=len(ts), seconds=sum(ts), reads=sum(ts) / read,
-             per_call=sum(ts) / read / len(ts), exp_passes=PRIMITIVES[name] * len(ts))
-        for name, ts in stats.items()
-    ]  # fmt: skip
+    rows = []
+    for name, calls in stats.items():
+        seconds = sum(t for t, _ in calls)
+        passes = sum(p for _, p in calls)
+        rows.append(dict(name=name, calls=len(calls), seconds=seconds, reads=seconds / read,
+                         per_call=seconds / read / len(calls), exp_passes=passes))  # fmt: skip
     rest = total - sum(r["seconds"] for r in rows)
     facts = dict(
         seconds=total, reads=total / read, n_iter=res.n_iter, error=float(res.error),
@@ -177,7 +201,8 @@ def breakdown_table(facts: dict, rows: list[dict], read: float) -> list[str]:
     out = [
         f"Solve: {total:.2f} s = {facts['reads']:.0f} reads of the scores (one read "
         f"{read * 1e3:.1f} ms), {facts['n_iter']} evaluations, error {facts['error']:.2e}, "
-        f"{facts['exp_passes']} exp passes over the scores.",
+        f"{facts['exp_passes']:.2f} exp passes over the scores (partial rebuilds and the coarse "
+        "start's sample count as their share of the entries).",
         "",
         "| part | calls | time | reads | reads per call | share |",
         "|---|---|---|---|---|---|",
@@ -239,40 +264,58 @@ def breakdown_side_by_side(n: int, k: int, before: str | None, pot_iters: int) -
     return lines
 
 
-def exp_counts(n: int, k: int, lams=(1, 10, 25, 100, 1000)) -> list[str]:
-    """Iterations to tol and exp passes over the scores (log sweeps + kernel builds) per
-    family and lam, stored kernel, ``balanced=False``, ``make_scores(n, k, kind, seed=1)``."""
+def exp_counts(n: int, k: int, lams=(1, 10, 25, 100, 1000)) -> dict:
+    """Iterations to tol and exp passes over the scores (log sweeps, kernel builds, partial
+    rebuilds and the coarse start's sample, as shares of the entries) per family and lam,
+    stored kernel, ``balanced=False``, ``make_scores(n, k, kind, seed=1)``."""
     from sinklabel.backends import get_backend
 
     B = get_backend("numba")
-    calls: dict[str, int] = {}
-    for name in ("log_sweep", "build_kernel"):
-        fn = getattr(B, name)
-
-        def spy(*args, _fn=fn, _name=name, **kw):
-            calls[_name] = calls.get(_name, 0) + 1
-            return _fn(*args, **kw)
-
-        setattr(B, name, spy)
-    out = ["| family | " + " | ".join(f"lam {lam:g}" for lam in lams) + " |", "|---|" + "---|" * len(lams)]
+    passes = [0.0]
+    names = spy_primitives(B, n, k, lambda name, t, p: passes.__setitem__(0, passes[0] + p))
+    cells = {}
     try:
         for kind in ("realistic", "collapsed", "neginf"):
             S = make_scores(n, k, kind=kind, seed=1)
-            cells = []
             for lam in lams:
-                calls.clear()
+                passes[0] = 0.0
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", sinklabel.ConvergenceWarning)
                     res = sinklabel.solve(
                         S, lam, backend="numba", kernel="stored", balanced=False, max_iter=5000
                     )
-                done = "" if res.converged else " (not converged)"
-                cells.append(f"{res.n_iter}{done} it, {sum(calls.values())} exp")
-            out.append(f"| {kind} | " + " | ".join(cells) + " |")
-            print(out[-1], flush=True)
+                cells[f"{kind} {lam:g}"] = (res.n_iter, bool(res.converged), passes[0], res.wall_time)
+                print(kind, lam, cells[f"{kind} {lam:g}"], flush=True)
     finally:
-        for name in ("log_sweep", "build_kernel"):
+        for name in names:
             B.__dict__.pop(name, None)
+    return cells
+
+
+def exp_counts_side_by_side(n: int, k: int, before: str | None, lams=(1, 10, 25, 100, 1000)) -> list:
+    """:func:`exp_counts` for ``before`` (an older checkout) and this one, each in a fresh
+    process; one table, ``before -> now`` per cell."""
+    import os
+
+    code = (
+        f"import json, sys; sys.path.insert(0, {str(HERE)!r}); from cpu_report import exp_counts; "
+        f"print(json.dumps(exp_counts({n}, {k}, {tuple(lams)!r})))"
+    )
+    runs = []
+    for path in (before, None) if before else (None,):
+        env = {**os.environ, "PYTHONPATH": path} if path else None
+        out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
+                             env=env, cwd="/" if path else None)  # fmt: skip
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+
+    def cell(c):
+        it, conv, passes, _ = c
+        return f"{it}{'' if conv else ' (not converged)'} it, {passes:.2f} exp"
+
+    out = ["| family | " + " | ".join(f"lam {lam:g}" for lam in lams) + " |", "|---|" + "---|" * len(lams)]
+    for kind in ("realistic", "collapsed", "neginf"):
+        keys = [f"{kind} {lam:g}" for lam in lams]
+        out.append(f"| {kind} | " + " | ".join(" → ".join(cell(r[key]) for r in runs) for key in keys) + " |")
     return out
 
 
@@ -425,9 +468,11 @@ def main() -> None:
     ap.add_argument("--no-pot", action="store_true")
     ap.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
     ap.add_argument("--breakdown", metavar="NxK", help="only the per-primitive breakdown of one solve")
-    ap.add_argument("--before", metavar="PATH", help="with --breakdown: an older checkout to run first")
+    ap.add_argument("--before", metavar="PATH",
+                    help="with --breakdown or --exp-counts: an older checkout, run first")
     ap.add_argument("--pot-iters", type=int, default=0, help="with --breakdown: POT for this many iterations")
     ap.add_argument("--exp-counts", metavar="NxK", help="only iterations and exp passes per family and lam")
+    ap.add_argument("--lams", default="1,10,25,100,1000", help="with --exp-counts: the lam values")
     args = ap.parse_args()
     if args.breakdown or args.exp_counts:
         n, k = (int(x) for x in (args.breakdown or args.exp_counts).split("x"))
@@ -435,7 +480,8 @@ def main() -> None:
         if args.breakdown:
             body = breakdown_side_by_side(n, k, args.before, args.pot_iters)
         else:
-            body = exp_counts(n, k)
+            lams = tuple(float(x) for x in args.lams.split(","))
+            body = exp_counts_side_by_side(n, k, args.before, lams)
         print("\n".join(head + [""] + body + [f"(load after: {load()})"]))
         return
     command = "python benchmarks/cpu_report.py " + " ".join(sys.argv[1:])
