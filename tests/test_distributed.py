@@ -16,12 +16,15 @@ import tempfile
 import time
 import warnings
 from datetime import timedelta
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 import sinklabel
 from sinklabel.problems import make_scores
+
+from .conftest import assert_marginals
 
 torch = pytest.importorskip("torch")
 dist = pytest.importorskip("torch.distributed")
@@ -445,6 +448,37 @@ def scenario_small(rank, group):
 MAX_ITER_COMM = 30
 GROUPS: dict = {}  # the session's process groups, by key (set in each worker)
 
+COARSE = dict(n=2000, k=10, seed=5, sizes=[900, 700, 400], lam=25.0)
+
+
+def coarse_problem():
+    return make_scores(COARSE["n"], COARSE["k"], kind="neginf", seed=COARSE["seed"])
+
+
+def scenario_coarse(rank, group):
+    """The coarse start over 3 ranks (each samples its own shard), forced at this size."""
+    import logging
+
+    import sinklabel._iteration as it
+
+    S = shards(coarse_problem(), COARSE["sizes"], rank)
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger = logging.getLogger("sinklabel")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    saved = it.COARSE_MIN_ENTRIES
+    it.COARSE_MIN_ENTRIES = 0
+    try:
+        res = sd.solve(S, COARSE["lam"], group=group)
+    finally:
+        it.COARSE_MIN_ENTRIES = saved
+        logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
+    return {**summary(res), "coarse": [m for m in seen if "coarse start" in m]}
+
+
 SCENARIOS = [
     # (name, group key, function(rank, group))
     ("eq2", "g2", lambda r, g: scenario_eq("eq2", r, g)),
@@ -471,6 +505,7 @@ SCENARIOS = [
     ("balanced_rank_fails", "g3", scenario_balanced_fails(2, "certificate_terms")),
     ("not_member", None, scenario_not_member),
     ("raises", None, scenario_sabotage("eq4", "numpy", "sweep", 7, boom, victim=1)),
+    ("coarse", "g3", scenario_coarse),
     ("nan_midway", "g3", scenario_sabotage("eq3", "torch", "log_sweep_build", 2, nan_log_sweep, victim=2)),
     ("small", None, scenario_small),
     ("hang", "ghang", scenario_hang),
@@ -969,3 +1004,23 @@ def test_batch_codes_with_tol_are_honest_in_float32():
     assert isinstance(t, torch.Tensor) and t.dtype == torch.float32
     # the torch backend's own solve: another plan within tol, the same guarantee
     assert np.abs(t.numpy().astype(np.float64).sum(axis=0) / (128 / 600) - 1.0).max() <= 1e-3
+
+
+def test_coarse_start_over_ranks(session, monkeypatch):
+    """Each rank samples a twentieth of its own points; the sample's solve runs over the
+    ranks like any other, and the labels are the balanced labels of one process."""
+    import sinklabel._iteration as it
+
+    outs = [ok(session, "coarse", r) for r in range(3)]
+    for o in outs:
+        assert len(o["coarse"]) == 1 and "not used" not in o["coarse"][0], o["coarse"]
+        assert o["converged"] and o["n_iter"] == outs[0]["n_iter"]
+        np.testing.assert_array_equal(o["log_v"][0], outs[0]["log_v"][0])
+    S = coarse_problem()
+    head = SimpleNamespace(
+        log_u=np.concatenate([o["log_u"][0] for o in outs]), log_v=outs[0]["log_v"][0], error=0.0
+    )
+    assert_marginals(S, COARSE["lam"], head, 1e-3 * 1.05)
+    monkeypatch.setattr(it, "COARSE_MIN_ENTRIES", 0)
+    ref = sinklabel.solve(S, COARSE["lam"])
+    np.testing.assert_array_equal(np.concatenate([o["labels"] for o in outs]), ref.labels)
