@@ -264,10 +264,11 @@ def breakdown_side_by_side(n: int, k: int, before: str | None, pot_iters: int) -
     return lines
 
 
-def exp_counts(n: int, k: int, lams=(1, 10, 25, 100, 1000)) -> dict:
+def exp_counts(n: int, k: int, lams=(1, 10, 25, 100, 1000), seeds=(1,)) -> dict:
     """Iterations to tol and exp passes over the scores (log sweeps, kernel builds, partial
-    rebuilds and the coarse start's sample, as shares of the entries) per family and lam,
-    stored kernel, ``balanced=False``, ``make_scores(n, k, kind, seed=1)``."""
+    rebuilds and the coarse start's sample, as shares of the entries) per family, seed and
+    lam, stored kernel, ``balanced=False``, ``make_scores(n, k, kind, seed)``; and the
+    solve's seconds."""
     from sinklabel.backends import get_backend
 
     B = get_backend("numba")
@@ -276,30 +277,35 @@ def exp_counts(n: int, k: int, lams=(1, 10, 25, 100, 1000)) -> dict:
     cells = {}
     try:
         for kind in ("realistic", "collapsed", "neginf"):
-            S = make_scores(n, k, kind=kind, seed=1)
-            for lam in lams:
-                passes[0] = 0.0
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", sinklabel.ConvergenceWarning)
-                    res = sinklabel.solve(
-                        S, lam, backend="numba", kernel="stored", balanced=False, max_iter=5000
-                    )
-                cells[f"{kind} {lam:g}"] = (res.n_iter, bool(res.converged), passes[0], res.wall_time)
-                print(kind, lam, cells[f"{kind} {lam:g}"], flush=True)
+            for seed in seeds:
+                S = make_scores(n, k, kind=kind, seed=seed)
+                for lam in lams:
+                    passes[0] = 0.0
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", sinklabel.ConvergenceWarning)
+                        res = sinklabel.solve(
+                            S, lam, backend="numba", kernel="stored", balanced=False, max_iter=5000
+                        )
+                    key = f"{kind} {seed} {lam:g}"
+                    cells[key] = (res.n_iter, bool(res.converged), passes[0], res.wall_time)
+                    print(key, cells[key], flush=True)
     finally:
         for name in names:
             B.__dict__.pop(name, None)
     return cells
 
 
-def exp_counts_side_by_side(n: int, k: int, before: str | None, lams=(1, 10, 25, 100, 1000)) -> list:
+def exp_counts_side_by_side(
+    n: int, k: int, before: str | None, lams=(1, 10, 25, 100, 1000), seeds=(1,)
+) -> list:
     """:func:`exp_counts` for ``before`` (an older checkout) and this one, each in a fresh
-    process; one table, ``before -> now`` per cell."""
+    process; one table, ``before → now`` per cell (with several seeds: one row per family
+    and seed, and the totals)."""
     import os
 
     code = (
         f"import json, sys; sys.path.insert(0, {str(HERE)!r}); from cpu_report import exp_counts; "
-        f"print(json.dumps(exp_counts({n}, {k}, {tuple(lams)!r})))"
+        f"print(json.dumps(exp_counts({n}, {k}, {tuple(lams)!r}, {tuple(seeds)!r})))"
     )
     runs = []
     for path in (before, None) if before else (None,):
@@ -309,13 +315,25 @@ def exp_counts_side_by_side(n: int, k: int, before: str | None, lams=(1, 10, 25,
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
 
     def cell(c):
-        it, conv, passes, _ = c
-        return f"{it}{'' if conv else ' (not converged)'} it, {passes:.2f} exp"
+        it, conv, passes, seconds = c
+        timed = f", {seconds:.1f} s" if len(seeds) > 1 else ""
+        return f"{it}{'' if conv else ' (not converged)'} it, {passes:.2f} exp{timed}"
 
     out = ["| family | " + " | ".join(f"lam {lam:g}" for lam in lams) + " |", "|---|" + "---|" * len(lams)]
     for kind in ("realistic", "collapsed", "neginf"):
-        keys = [f"{kind} {lam:g}" for lam in lams]
-        out.append(f"| {kind} | " + " | ".join(" → ".join(cell(r[key]) for r in runs) for key in keys) + " |")
+        for seed in seeds:
+            keys = [f"{kind} {seed} {lam:g}" for lam in lams]
+            name = kind if len(seeds) == 1 else f"{kind}, seed {seed}"
+            row = " | ".join(" → ".join(cell(r[key]) for r in runs) for key in keys)
+            out.append(f"| {name} | {row} |")
+    if len(seeds) > 1:
+        sums = []
+        for lam in lams:
+            keys = [key for key in runs[0] if key.endswith(f" {lam:g}")]
+            sums.append(" → ".join(
+                f"{sum(r[key][0] for key in keys)} it, {sum(r[key][2] for key in keys):.1f} exp, "
+                f"{sum(r[key][3] for key in keys):.0f} s" for r in runs))  # fmt: skip
+        out.append("| **all** | " + " | ".join(sums) + " |")
     return out
 
 
@@ -473,6 +491,7 @@ def main() -> None:
     ap.add_argument("--pot-iters", type=int, default=0, help="with --breakdown: POT for this many iterations")
     ap.add_argument("--exp-counts", metavar="NxK", help="only iterations and exp passes per family and lam")
     ap.add_argument("--lams", default="1,10,25,100,1000", help="with --exp-counts: the lam values")
+    ap.add_argument("--seeds", default="1", help="with --exp-counts: the problems' seeds")
     args = ap.parse_args()
     if args.breakdown or args.exp_counts:
         n, k = (int(x) for x in (args.breakdown or args.exp_counts).split("x"))
@@ -481,7 +500,8 @@ def main() -> None:
             body = breakdown_side_by_side(n, k, args.before, args.pot_iters)
         else:
             lams = tuple(float(x) for x in args.lams.split(","))
-            body = exp_counts_side_by_side(n, k, args.before, lams)
+            seeds = tuple(int(x) for x in args.seeds.split(","))
+            body = exp_counts_side_by_side(n, k, args.before, lams, seeds)
         print("\n".join(head + [""] + body + [f"(load after: {load()})"]))
         return
     command = "python benchmarks/cpu_report.py " + " ".join(sys.argv[1:])
