@@ -29,6 +29,7 @@ log-domain steps when anything non-finite appears or a proposal jumps beyond the
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -144,16 +145,18 @@ class _StoredKernel:
         self.Kmat: Any = None
         self.a = self.b = self.x = self.v = self.u = self.acc = None
         # how far the frame rose since the build: a - min a (rows), b - min b (clusters)
-        self.a_up: Any = 0.0
+        self.up: Any = None  # e^(a - min a) per row (None: ones), as exp: one product per check
         self.a_up_max = 0.0
         self.b_up: Any = 0.0
         with np.errstate(divide="ignore"):  # log of the total point mass (all ranks)
             self.log_mass = float(np.log(B.allsum(np.array([float(c.sum())]))[0]))
         self.rescales = self.rebuilds = self.partial = 0
+        massless = ~(c > 0)
+        self.massless = massless if bool(massless.any()) else None  # points of mass 0
 
     def _frame(self, a: Any, b: Any) -> None:
         """The kernel now holds ``exp(lam S + a + b)``, freshly computed from the scores."""
-        self.a, self.b, self.a_up, self.a_up_max, self.b_up = a, b, 0.0, 0.0, self.cols.zeros
+        self.a, self.b, self.up, self.a_up_max, self.b_up = a, b, None, 0.0, self.cols.zeros
 
     def _build(self, a: Any, b: Any) -> None:
         self._frame(a, b)
@@ -209,29 +212,28 @@ class _StoredKernel:
     def point(self) -> _KernelPoint:
         return _KernelPoint(self.a, self.u, self.b, self.v)
 
-    def _lost(self, rows: Callable[[], Any] | None, top: float, b_up: Any, log_v: Any) -> float:
+    def _lost(self, log_weight: Callable[[], float] | None, top: float, b_up: Any, log_v: Any) -> float:
         """Log of the largest share of a cluster's mass the stored zeros may hide.
 
         An entry stored as 0 was below ``e^floor`` in the frame of the build or of a
         rescale; in the plan it is now below ``c_i e^(floor + A_i + B_k)``, with ``A_i``
-        (``rows()``, None: the bound with ``top`` alone; at most ``top``) bounding
-        ``a_i - min a_i + log(u_i / c_i)`` and
+        (at most ``top``) bounding ``a_i - min a_i + log(u_i / c_i)`` and
         ``B_k = b_up_k + log v_k`` (minimums over the frames since the build), so cluster
-        k loses below ``e^(floor + B_k) sum_i c_i e^A_i`` of its mass.
+        k loses below ``e^(floor + B_k) sum_i c_i e^A_i`` of its mass. ``log_weight()``
+        gives ``log sum_i c_i e^A_i`` over all ranks (None: the bound with ``top`` alone).
         """
         B, xp, cols = self.B, self.B.xp, self.cols
         with np.errstate(invalid="ignore"):
             Bk = B.max_float(xp.where(cols.active, b_up + log_v - cols.log_r, -np.inf))
         lost = self.floor + self.log_mass + top + Bk
-        if lost > self.LOST and rows is not None:  # too loose with max_i A_i: sum
-            with np.errstate(divide="ignore", under="ignore"):
-                w = rows()  # one N-vector, worked on in place
-                w -= top
-                xp.exp(w, out=w)
-                w *= self.c
-                total = B.allsum(np.array([float(w.sum())]))[0]
-            lost = self.floor + np.log(total) + top + Bk
+        if lost > self.LOST and log_weight is not None:  # too loose with max_i A_i: sum
+            lost = self.floor + log_weight() + Bk
         return float(lost)
+
+    def _log_sum(self, w: Any) -> float:
+        """``log`` of the sum of ``w`` over all ranks (``w``: an N-vector, >= 0)."""
+        with np.errstate(divide="ignore"):
+            return float(np.log(self.B.allsum(np.array([float(w.sum())]))[0]))
 
     def _rows_to_rebuild(self, A: Any, b_up: Any) -> np.ndarray | None:
         """Host indices of the rows to rebuild from the scores after an absorption so that
@@ -295,11 +297,13 @@ class _StoredKernel:
         B, xp, cols = self.B, self.B.xp, self.cols
         with np.errstate(divide="ignore", invalid="ignore"):
             log_v = xp.where(cols.active, x - self.b, cols.zeros)
-            row_log = self.u / self.c  # log(u / c), 0 for points of mass 0 (in place)
-            xp.log(row_log, out=row_log)
-            row_log[~(self.c > 0)] = 0.0
+            ratio = self.u / self.c  # u_i / c_i; 1 for points of mass 0
+            if self.massless is not None:
+                ratio[self.massless] = 1.0
+            # max_i |log(u_i / c_i)| as the log of max(ratio, 1 / ratio): one reduction (one
+            # decision over the ranks), no N logarithms; NaN stays NaN, 0 gives inf
+            row_max = math.log(B.max_float(xp.maximum(ratio, 1.0 / ratio)))
             log_dv = xp.where(cols.active, log_v - xp.log(self.v), 0.0)
-            row_max = B.max_float(xp.abs(row_log))  # NaN or inf: not finite
         if not (B.all_finite(log_v) and np.isfinite(row_max)):
             return False
         # u_i = c_i / sum_k Kmat_ik v_k: the next sweep's u / c moves from this one's by at
@@ -307,25 +311,39 @@ class _StoredKernel:
         step = B.max_float(xp.abs(log_dv))
         grow = max(B.max_float(-log_dv), 0.0)
         spread = max(B.max_float(xp.abs(log_v)), row_max + step)
-        rows = lambda: self.a_up + row_log + grow  # noqa: E731
         if spread <= self.tau:
             top = self.a_up_max + row_max + grow  # >= a_up_i + log(u_i / c_i) next sweep
             if self._lost(None, top, self.b_up, log_v) > self.LOST:  # then sharper
-                top = self.a_up_max + B.max_float(row_log) + grow
-            if self._lost(rows, top, self.b_up, log_v) <= self.LOST:
+                top = self.a_up_max + math.log(B.max_float(ratio)) + grow
+
+            def log_weight() -> float:  # sum_i c_i e^(a_up_i) (u_i / c_i) e^grow, one pass
+                return grow + self._log_sum(self.u if self.up is None else self.up * self.u)
+
+            if self._lost(log_weight, top, self.b_up, log_v) <= self.LOST:
                 self.v, self.x = xp.exp(log_v), x
                 return True
         if step > self.tau:  # a jump beyond the frame: the exact log step at x (rescue)
             return False
         # absorbed: a += log(u / c), b = x; how far each rose above its lowest frame
-        a_up = self.a_up + row_log
+        with np.errstate(divide="ignore"):
+            row_log = xp.log(ratio, out=ratio)
+        if self.up is None:
+            a_up = row_log + 0.0  # a copy: row_log rescales the kernel below
+        else:
+            a_up = xp.log(self.up)
+            a_up += row_log
         a_up[~(a_up > 0.0)] = 0.0
         a_up_max = B.max_float(a_up)
         b = xp.where(cols.active, x, self.b)
         with np.errstate(invalid="ignore"):
             b_up = self.b_up + log_v
             b_up = xp.where(cols.active & (b_up > 0.0), b_up, 0.0)
-        lost = self._lost(lambda: a_up + grow, a_up_max + grow, b_up, cols.zeros)
+
+        def log_weight_absorbed() -> float:  # sum_i c_i e^(a_up_i + grow)
+            with np.errstate(over="ignore"):
+                return grow + self._log_sum(xp.exp(a_up) * self.c)
+
+        lost = self._lost(log_weight_absorbed, a_up_max + grow, b_up, cols.zeros)
         rows = None if lost <= self.LOST else self._rows_to_rebuild(a_up + grow, b_up)
         if lost <= self.LOST or rows is not None:
             self.Kmat = B.rescale_kernel(self.Kmat, row_log, log_v)
@@ -336,7 +354,8 @@ class _StoredKernel:
                 a_up_max = B.max_float(a_up)
                 self.partial += 1
             self.a, self.b, self.b_up = a, b, b_up
-            self.a_up, self.a_up_max = a_up, a_up_max
+            with np.errstate(over="ignore"):  # inf: the bound asks for a rebuild
+                self.up, self.a_up_max = xp.exp(a_up, out=a_up), a_up_max
             self.rescales += 1
         else:
             del a_up
