@@ -86,6 +86,15 @@ def test_check_feasible_agrees_with_the_lp_on_random_patterns():
     assert infeasible > 50 and checked - infeasible > 50  # both kinds were exercised
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_check_feasible_accepts_large_feasible_patterns(seed):
+    # every point keeps its preferred cluster, 30 % of the pairs are -inf: feasible. The
+    # augmenting moves' rounding (3e-14 of the total) once read as a missing point here
+    n, k = 100_000, 50
+    S = make_scores(n, k, kind="neginf", seed=seed)
+    check_feasible(S, np.full(k, 1 / k), np.full(n, 1 / n), neginf=True)
+
+
 def test_check_feasible_names_the_cluster_and_its_reach():
     S = make_scores(20_000, 100, seed=0)
     S[:, 5] = -np.inf
