@@ -150,7 +150,6 @@ class _StoredKernel:
         self.b_up: Any = 0.0
         with np.errstate(divide="ignore"):  # log of the total point mass (all ranks)
             self.log_mass = float(np.log(B.allsum(np.array([float(c.sum())]))[0]))
-        self.rescales = self.rebuilds = self.partial = 0
         massless = ~(c > 0)
         self.massless = massless if bool(massless.any()) else None  # points of mass 0
 
@@ -175,21 +174,21 @@ class _StoredKernel:
         in the frame ``(a, g)``, if ``x`` is within ``tau`` of it; otherwise the kernel is
         rebuilt at ``(a, g_plain)`` and evaluates ``x`` if within ``tau`` of that, else
         ``g_plain``."""
-        B, xp, cols = self.B, self.B.xp, self.cols
         for target in (g_plain,) if x is None else (x, g_plain):
-            with np.errstate(invalid="ignore"):
-                log_v = xp.where(cols.active, target - g, cols.zeros)
-            if B.max_float(xp.abs(log_v)) <= self.tau:
-                self.x, self.v = target, xp.exp(log_v)
+            log_v = self._offset(target, g)
+            if log_v is not None:
+                self.x, self.v = target, self.B.xp.exp(log_v)
                 return
         self._build(a, g_plain)
-        self.rebuilds += 1
-        self.x, self.v = g_plain, cols.ones
-        if x is not None:
-            with np.errstate(invalid="ignore"):
-                log_v = xp.where(cols.active, x - g_plain, cols.zeros)
-            if B.max_float(xp.abs(log_v)) <= self.tau:
-                self.x, self.v = x, xp.exp(log_v)
+        log_v = None if x is None else self._offset(x, g_plain)
+        self.x, self.v = (g_plain, self.cols.ones) if log_v is None else (x, self.B.xp.exp(log_v))
+
+    def _offset(self, x: Any, b: Any) -> Any:
+        """``log v`` that evaluates ``x`` in the column frame ``b``; None beyond ``tau``."""
+        cols = self.cols
+        with np.errstate(invalid="ignore"):
+            log_v = self.B.xp.where(cols.active, x - b, cols.zeros)
+        return log_v if self.B.max_float(self.B.xp.abs(log_v)) <= self.tau else None
 
     def sweep(self) -> None:
         self.u, self.acc = self.B.sweep(self.Kmat, self.v, self.c)
@@ -222,13 +221,17 @@ class _StoredKernel:
         k loses below ``e^(floor + B_k) sum_i c_i e^A_i`` of its mass. ``log_weight()``
         gives ``log sum_i c_i e^A_i`` over all ranks (None: the bound with ``top`` alone).
         """
-        B, xp, cols = self.B, self.B.xp, self.cols
-        with np.errstate(invalid="ignore"):
-            Bk = B.max_float(xp.where(cols.active, b_up + log_v - cols.log_r, -np.inf))
+        Bk = self._column_rise(b_up, log_v)
         lost = self.floor + self.log_mass + top + Bk
         if lost > self.LOST and log_weight is not None:  # too loose with max_i A_i: sum
             lost = self.floor + log_weight() + Bk
         return float(lost)
+
+    def _column_rise(self, b_up: Any, log_v: Any) -> float:
+        """``max_k (B_k - log r_k)`` over the active clusters, ``B_k = b_up_k + log v_k``."""
+        B, xp, cols = self.B, self.B.xp, self.cols
+        with np.errstate(invalid="ignore"):
+            return B.max_float(xp.where(cols.active, b_up + log_v - cols.log_r, -np.inf))
 
     def _log_sum(self, w: Any) -> float:
         """``log`` of the sum of ``w`` over all ranks (``w``: an N-vector, >= 0)."""
@@ -245,9 +248,8 @@ class _StoredKernel:
         keep that rank's share of the bound (its share of the point mass), so the bound
         holds over all ranks without exchanging rows.
         """
-        B, xp, cols = self.B, self.B.xp, self.cols
-        with np.errstate(invalid="ignore"):
-            Bk = B.max_float(xp.where(cols.active, b_up - cols.log_r, -np.inf))
+        B = self.B
+        Bk = self._column_rise(b_up, 0.0)
         c = B.to_numpy(self.c)
         w = B.to_numpy(A).astype(np.float64, copy=False)  # A is ours: worked on in place
         del A
@@ -352,15 +354,12 @@ class _StoredKernel:
                 self.Kmat = B.build_rows(self.S, self.lam, a, b, self.Kmat, rows)
                 a_up[B.from_numpy(rows, like=a_up)] = 0.0
                 a_up_max = B.max_float(a_up)
-                self.partial += 1
             self.a, self.b, self.b_up = a, b, b_up
             with np.errstate(over="ignore"):  # inf: the bound asks for a rebuild
                 self.up, self.a_up_max = xp.exp(a_up, out=a_up), a_up_max
-            self.rescales += 1
         else:
             del a_up
             self._build(self.a + row_log, b)
-            self.rebuilds += 1
         self.v, self.x = cols.ones, x
         return True
 
