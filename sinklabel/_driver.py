@@ -64,7 +64,6 @@ from ._validate import (
     check_prior,
     check_score_dtype,
     check_weights,
-    score_extent,
     split_heads,
 )
 from .backends import get_backend, pick_backend
@@ -296,7 +295,6 @@ class Arguments:
     weights: np.ndarray | None  # this process's weights on the host, checked, not normalised
     warm: list  # per head: float64 column log-potentials to start from
     warm_given: bool  # whether they came from `init` (else zeros: a cold start)
-    neginf: list  # per head: whether this process's scores hold any -inf
     started: float  # time.perf_counter() at the call
 
     @property
@@ -344,13 +342,8 @@ def arguments(
         B = backend
     else:
         B = get_backend(pick_backend(library, device) if backend == "auto" else backend)
-    neginf = []  # per head: whether the scores hold -inf (for prepare's feasibility check)
     for t, S in enumerate(heads):
-        where = f"scores[{t}]" if multi else "scores"
-        check_score_dtype(S, where)
-        max_abs, has_neginf = score_extent(S)  # one read of this process's scores
-        check_lam_scale(lam, max_abs, where)
-        neginf.append(has_neginf)
+        check_score_dtype(S, f"scores[{t}]" if multi else "scores")
     priors = list(prior) if (multi and isinstance(prior, (list, tuple))) else [prior] * len(heads)
     if len(priors) != len(heads):
         raise ValueError(f"`prior` holds {len(priors)} vectors but `scores` has {len(heads)} heads")
@@ -362,7 +355,7 @@ def arguments(
         heads=heads, multi=multi, backend=B, device=device, lam=lam, tol=tol, max_iter=max_iter,
         check_every=check_every, acceleration=acceleration, kernel=kernel, balanced=balanced,
         callback=callback, priors=priors, weights=weights, warm=warm, warm_given=init is not None,
-        neginf=neginf, started=started,
+        started=started,
     )  # fmt: skip
 
 
@@ -390,13 +383,15 @@ class Problem:
     stream: bool
     check_every: int
     memory: int  # Anderson memory (0: plain Sinkhorn-Knopp)
+    neginf: list  # per head: whether the scores (of any process) hold -inf
 
 
 def prepare(args: Arguments, backend: Backend) -> Problem:
     """Complete :func:`arguments` on ``backend``: the number of points, priors, point masses,
     target sizes, whether labels are balanced, the stream decision, the scans of the scores.
 
-    No heavy work: one read of the scores (the scan) and their move to the backend. With a
+    No heavy work: one read of the scores (the scan, which also gives the ``lam`` limit
+    and whether there is any ``-inf``) and their move to the backend. With a
     backend shared by several processes (:mod:`sinklabel.distributed`) every step that needs
     the other processes' points goes through its ``allsum`` / ``scan``, and every error
     raised here is raised on every process alike.
@@ -419,16 +414,20 @@ def prepare(args: Arguments, backend: Backend) -> Problem:
         r = check_prior(p, n_points, S.shape[1], f" (head {t})" if multi else "")
         r_host.append(r)
         targets.append(target_sizes(n_points, p, r))
+    neginf = []
     for t, S in enumerate(scores):
         where = f"scores[{t}]" if multi else "scores"
-        _check_scan(B.scan(S), where, r_host[t])
+        scan = B.scan(S)  # over every process's points
+        _check_scan(scan, where, r_host[t])
+        check_lam_scale(args.lam, scan.max_abs, where)
+        neginf.append(scan.neginf)
         if n_local == n_points:  # one process holds every point: decide feasibility up front
             _check_support(S, where, r_host[t], targets[t], args.priors[t] is None, balanced,
-                           c_host, args.neginf[t])  # fmt: skip
+                           c_host, scan.neginf)  # fmt: skip
     return Problem(
         args=args, scores=scores, n_points=n_points, point_masses=c_host, cluster_masses=r_host,
         targets=targets, flexible=[p is None for p in args.priors], balanced=balanced,
-        stream=stream, check_every=every, memory=memory,
+        stream=stream, check_every=every, memory=memory, neginf=neginf,
     )  # fmt: skip
 
 
@@ -510,7 +509,7 @@ def run(problem: Problem, backend: Backend) -> Result:
         r = B.from_numpy(p.cluster_masses[t], like=S)
         g0 = B.from_numpy(args.warm[t], like=S)
         if wants_coarse_start(p.n_points, S.shape[1], args.tol, p.memory, args.warm_given):
-            g_coarse, coarse = coarse_start(B, S, lam, c, r, g0, p.memory, p.stream, args.neginf[t])
+            g_coarse, coarse = coarse_start(B, S, lam, c, r, g0, p.memory, p.stream, p.neginf[t])
             if coarse is not None:
                 log.info(
                     "head %d: coarse start from 1/%d of the points, %d evaluations, error %.2g%s",

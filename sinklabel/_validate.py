@@ -19,7 +19,6 @@ __all__ = [
     "check_prior",
     "check_weights",
     "check_lam_scale",
-    "score_extent",
     "LAM_SCALE_LIMIT",
     "looks_like_probabilities",
 ]
@@ -44,9 +43,9 @@ def check_lam(lam: Any) -> float:
 def check_lam_scale(lam: float, max_abs: float, where: str = "scores") -> None:
     """Refuse a ``lam`` whose ``lam * max|S|`` (finite entries) exceeds :data:`LAM_SCALE_LIMIT`.
 
-    ``max_abs`` is ``max |S[i, k]|`` over the finite scores of a head (one read:
-    :func:`score_extent`, or folded into another pass). The message gives the largest
-    usable ``lam``.
+    ``max_abs`` is ``max |S[i, k]|`` over the finite scores of a head, found by the
+    backend's ``scan`` (the one validation read). The message gives the largest usable
+    ``lam``.
     """
     if max_abs > 0 and lam * max_abs > LAM_SCALE_LIMIT:
         raise ValueError(
@@ -55,53 +54,6 @@ def check_lam_scale(lam: float, max_abs: float, where: str = "scores") -> None:
             f"plan; the largest usable lam for these scores is {LAM_SCALE_LIMIT / max_abs:.6g} "
             "(or rescale the scores)"
         )
-
-
-def score_extent(S: Any) -> tuple[float, bool]:
-    """``(max |S[i, k]| over the finite entries, whether any entry is -inf)`` of 2-D scores.
-
-    One read in row blocks small enough to stay in cache (a max and a min per block, the
-    second from cache), on the array's own device. In a block holding -inf the finite
-    minimum is taken with -inf replaced by +inf (one block-sized temporary). NaN and +inf
-    are ignored here (the scan refuses them). ``max_abs`` is 0.0 when every entry is -inf.
-    """
-    n, k = S.shape
-    step = max(1, (1 << 17) // max(k, 1))  # 512 KiB of float32: the second reduction reads cache
-    best, neginf = 0.0, False
-    for start in range(0, n, step):
-        X = S[start : start + step]
-        if array_library(X) == "torch" and X.dtype.itemsize < 4:
-            X = X.float()
-        if not X.shape[0]:
-            continue
-        hi, lo = float(X.max()), float(X.min())
-        if not np.isfinite(hi):  # NaN or +inf (refused by the scan), or a block all -inf
-            F = X[(X > -np.inf) & (X < np.inf)]
-            neginf = neginf or lo == -np.inf or bool((X == -np.inf).any())
-            if not F.shape[0]:
-                continue
-            hi, lo = float(F.max()), float(F.min())
-        elif lo == -np.inf:
-            neginf = True
-            lo = float(_where(X == -np.inf, np.inf, X).min())
-            if lo == np.inf:  # cannot happen with a finite max; kept for clarity
-                continue
-        best = max(best, abs(hi), abs(lo))
-    return best, neginf
-
-
-def _where(cond: Any, value: float, X: Any) -> Any:
-    """``where(cond, value, X)`` in ``X``'s library (numpy, torch or cupy)."""
-    library = array_library(X)
-    if library == "torch":
-        import torch
-
-        return torch.where(cond, torch.tensor(value, dtype=X.dtype, device=X.device), X)
-    if library == "cupy":
-        import cupy
-
-        return cupy.where(cond, value, X)
-    return np.where(cond, value, X)
 
 
 def check_positive_float(value: Any, name: str) -> float:

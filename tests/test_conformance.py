@@ -105,6 +105,30 @@ def test_primitives_match_numpy(name, dtype, kind, n, k):
         scan_ref.dead_row,
     )
     np.testing.assert_array_equal(scan.dead_cols, scan_ref.dead_cols)
+    finite = S_np[np.isfinite(S_np)]
+    assert scan.max_abs == scan_ref.max_abs == float(np.abs(finite).max())
+    assert scan.neginf == scan_ref.neginf == bool(np.isneginf(S_np).any()) == (kind == "neginf")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_scan_extent_on_random_patterns(name):
+    """The scan's max |S| over the finite entries (the lam limit) and its -inf flag against
+    numpy on random patterns: no -inf, some, almost all, all; with NaN and +inf (ignored by
+    the extent), float32 and float64, one row up to several chunks."""
+    B = _backend(name)
+    rng = np.random.default_rng(0)
+    for t in range(40):
+        n, k = int(rng.integers(1, 3000 if t % 4 == 0 else 300)), int(rng.integers(1, 40))
+        S = rng.normal(size=(n, k)) * rng.choice([1.0, 1e3])
+        S[rng.random((n, k)) < rng.choice([0.0, 0.3, 0.99, 1.0])] = -np.inf
+        if t % 3 == 0:
+            S[rng.integers(n), rng.integers(k)] = rng.choice([np.nan, np.inf])
+        for X in (S, S.astype(np.float32)):
+            finite = X[np.isfinite(X)]
+            want = float(np.abs(finite).max()) if finite.size else 0.0
+            scan = B.scan(to_library(X, B.library))
+            assert scan.neginf == bool(np.isneginf(X).any())
+            assert scan.max_abs == want, (t, n, k, X.dtype)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -12,7 +12,8 @@ counts; it supplies:
 
 ``scan(S)``
     One read of S: the first NaN / +inf entry, the first all ``-inf`` row, the
-    all ``-inf`` columns. Used for validation before any heavy work.
+    all ``-inf`` columns, ``max |S|`` over the finite entries (the ``lam`` limit) and
+    whether any entry is ``-inf``. Used for validation before any heavy work.
 ``log_sweep(S, lam, g, log_c)``
     One exact log-domain Sinkhorn row update and the column log-masses, in one pass:
     ``a_i = -logsumexp_k(lam S_ik + g_k)`` and
@@ -104,6 +105,8 @@ class Scan:
     posinf_at: tuple[int, int] | None
     dead_row: int | None
     dead_cols: np.ndarray  # int64 indices of all -inf columns
+    max_abs: float  # max |S[i, k]| over the finite entries (0.0 if none)
+    neginf: bool  # whether any entry is -inf
 
 
 class Backend:

@@ -242,15 +242,21 @@ class CupyBackend(Backend):
             n, k = S.shape
             col_alive = cupy.zeros(k, dtype=bool)
             blocks = list(self._blocks(S))
-            flags = cupy.zeros((len(blocks), 3), dtype=bool)
+            flags = cupy.zeros((len(blocks), 4), dtype=bool)
+            extent = cupy.zeros(max(len(blocks), 1), dtype=cupy.float64)  # max |S|, finite entries
             for b, blk in enumerate(blocks):
                 X = S[blk]
                 alive = X > -np.inf  # False for -inf and NaN
                 flags[b, 0] = cupy.isnan(X).any()
                 flags[b, 1] = (X == np.inf).any()
                 flags[b, 2] = (~alive.any(axis=1)).any()
+                flags[b, 3] = (X == -np.inf).any()
                 col_alive |= alive.any(axis=0)
+                if X.size:
+                    A = cupy.abs(X)
+                    extent[b] = cupy.where(A < np.inf, A, 0).max()
             found = cupy.asnumpy(flags)  # one synchronisation
+            max_abs = float(extent.max())
 
             def first(b: int, mask: Any) -> tuple[int, int]:
                 i, j = (int(t) for t in cupy.asnumpy(cupy.argwhere(mask)[0]))
@@ -268,7 +274,7 @@ class CupyBackend(Backend):
                 rows = ~(S[blocks[b]] > -np.inf).any(axis=1)
                 dead_row = blocks[b].start + int(cupy.argmax(rows))
             dead_cols = np.flatnonzero(~cupy.asnumpy(col_alive)).astype(np.int64)
-        return Scan(nan_at, posinf_at, dead_row, dead_cols)
+        return Scan(nan_at, posinf_at, dead_row, dead_cols, max_abs, bool(found[:, 3].any()))
 
     def log_sweep(self, S, lam, g, log_c):
         # four reductions over S, none with an N x K temporary (logits in float64)

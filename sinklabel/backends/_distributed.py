@@ -302,16 +302,21 @@ class DistributedBackend(Backend):
     def scan(self, S: Any) -> Scan:
         self._seen(S)
         n, k = S.shape
-        local = self._local(self.inner.scan, S, dummy=lambda: Scan(None, None, None, np.arange(k)))
-        # global flat indices of the first NaN / +inf, the first dead row, and "dead" per column
-        msg = np.full(3 + k, _NO_INDEX)
+        local = self._local(
+            self.inner.scan, S, dummy=lambda: Scan(None, None, None, np.arange(k), 0.0, False)
+        )
+        # global flat indices of the first NaN / +inf, the first dead row, and "dead" per
+        # column; then -max|S| and -(any -inf) (a MIN of negatives is the MAX over ranks)
+        msg = np.full(5 + k, _NO_INDEX)
         for j, at in enumerate((local.nan_at, local.posinf_at)):
             if at is not None:
                 msg[j] = (self.offset + at[0]) * k + at[1]
         if local.dead_row is not None:
             msg[2] = self.offset + local.dead_row
-        msg[3:] = 0.0
+        msg[3 : 3 + k] = 0.0
         msg[3 + local.dead_cols] = 1.0
+        msg[3 + k] = -local.max_abs
+        msg[4 + k] = -float(local.neginf)
         out = self.exchange.reduce(msg, "min", "scan").cpu().numpy()
         self.exchange.check()
 
@@ -319,7 +324,8 @@ class DistributedBackend(Backend):
             return None if v >= _NO_INDEX else (int(v) // k, int(v) % k)
 
         dead_row = None if out[2] >= _NO_INDEX else int(out[2])
-        return Scan(at(out[0]), at(out[1]), dead_row, np.flatnonzero(out[3:] > 0).astype(np.int64))
+        dead_cols = np.flatnonzero(out[3 : 3 + k] > 0).astype(np.int64)
+        return Scan(at(out[0]), at(out[1]), dead_row, dead_cols, -float(out[3 + k]), bool(out[4 + k] < 0))
 
     def log_sweep(self, S: Any, lam: float, g: Any, log_c: Any) -> tuple[Any, Any]:
         self._seen(S)

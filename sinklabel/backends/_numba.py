@@ -249,37 +249,79 @@ def _sweep(K, vk, c, u, n_chunks, single, su):
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _scan_rows(S, lo, hi, col_alive, found):
-    """found[0..2]: first row with a NaN, a +inf, no finite-or-above entry (-1: none)."""
-    k = S.shape[1]
+def _scan_rows(B, lo, hi, col_alive, found, extent, mask, pinf, ninf):
+    """Rows lo..hi of the scan, on the scores' bits ``B`` (int32 for float32, int64 for
+    float64): integer tests and an integer max vectorise where float ones with NaN do
+    not. ``mask`` clears the sign bit, ``pinf`` / ``ninf`` are the bits of +inf / -inf;
+    as bits, ``|x|`` of a finite x is monotone in ``|x|``, and NaN and inf are at or above
+    ``pinf``. A row's first pass is that max alone (one read): below ``pinf`` the row is
+    finite, alive in every column. Rows with -inf (or NaN, +inf) take a second pass from
+    cache. found[0..3]: first row with a NaN, a +inf, no entry above -inf (-1: none), and
+    whether any entry is -inf (1); extent[0]: the largest bits of ``|x|`` over the finite
+    entries; found[4]: whether some row is finite throughout (then every column is alive).
+    """
+    k = B.shape[1]
+    zero = mask - mask
+    top = extent[0]
     for i in range(lo, hi):
-        row = S[i]
-        n_nan = 0
-        n_pinf = 0
-        n_alive = 0
+        row = B[i]
+        m = zero
+        for j in range(k):
+            m = max(m, row[j] & mask)
+        if m < pinf:
+            found[4] = 1
+            top = max(top, m)
+            continue
+        m = zero
+        n_fin = 0
+        n_ninf = 0
         for j in range(k):
             x = row[j]
-            n_nan += x != x
-            n_pinf += x == np.inf
-            alive = x > -np.inf
-            n_alive += alive
-            col_alive[j] |= alive
+            ax = x & mask
+            fin = ax < pinf
+            n_fin += fin
+            n_ninf += x == ninf
+            col_alive[j] |= fin
+            m = max(m, ax if fin else zero)
+        top = max(top, m)
+        if n_ninf:
+            found[3] = 1
+        n_nan = 0
+        n_pinf = 0
+        if n_fin + n_ninf < k:  # a NaN or a +inf (refused by the driver)
+            for j in range(k):
+                x = row[j]
+                n_nan += (x & mask) > pinf
+                n_pinf += x == pinf
+                col_alive[j] |= x == pinf  # above -inf
         if n_nan and found[0] < 0:
             found[0] = i
         if n_pinf and found[1] < 0:
             found[1] = i
-        if n_alive == 0 and found[2] < 0:
+        if n_fin + n_pinf == 0 and found[2] < 0:
             found[2] = i
+    extent[0] = top
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _scan(S, n_chunks):
-    n, k = S.shape
+def _scan(B, n_chunks, mask, pinf, ninf):
+    n, k = B.shape
     alive = np.zeros((n_chunks, k), dtype=np.bool_)
-    found = np.full((n_chunks, 3), -1, dtype=np.int64)
+    found = np.full((n_chunks, 5), -1, dtype=np.int64)
+    extent = np.zeros((n_chunks, 1), dtype=B.dtype)
     for t in prange(n_chunks):
-        _scan_rows(S, t * n // n_chunks, (t + 1) * n // n_chunks, alive[t], found[t])
-    return alive, found
+        lo, hi = t * n // n_chunks, (t + 1) * n // n_chunks
+        _scan_rows(B, lo, hi, alive[t], found[t], extent[t], mask, pinf, ninf)
+    return alive, found, extent
+
+
+#: the scan's bit patterns per score dtype: (integer view, sign mask, +inf, -inf)
+_BITS = {
+    np.dtype(np.float32): (np.int32, np.int32(0x7FFFFFFF), np.int32(0x7F800000), np.int32(-0x800000)),
+    np.dtype(np.float64): (
+        np.int64, np.int64(0x7FFFFFFFFFFFFFFF), np.int64(0x7FF0000000000000), np.int64(-0x10000000000000)
+    ),
+}
 
 
 # -- log-domain sweep ----------------------------------------------------------------------
@@ -660,12 +702,15 @@ class NumbaBackend(NumpyBackend):
             return super().scan(S)
         n, k = S.shape
         chunks = _chunks(S)
+        view, mask, pinf, ninf = _BITS[S.dtype]
+        bits = S.view(view)
         if chunks == 1:
             alive = np.zeros((1, k), dtype=np.bool_)
-            found = np.full((1, 3), -1, dtype=np.int64)
-            _scan_rows(S, 0, n, alive[0], found[0])
+            found = np.full((1, 5), -1, dtype=np.int64)
+            extent = np.zeros((1, 1), dtype=view)
+            _scan_rows(bits, 0, n, alive[0], found[0], extent[0], mask, pinf, ninf)
         else:
-            alive, found = _scan(S, chunks)
+            alive, found, extent = _scan(bits, chunks, mask, pinf, ninf)
         where = []
         for col, test in ((0, np.isnan), (1, np.isposinf)):
             rows = found[:, col]
@@ -678,7 +723,10 @@ class NumbaBackend(NumpyBackend):
         dead = found[:, 2]
         dead = dead[dead >= 0]
         dead_row = int(dead.min()) if dead.size else None
-        return Scan(where[0], where[1], dead_row, np.flatnonzero(~alive.any(axis=0)))
+        some_finite_row = bool((found[:, 4] > 0).any())  # then every column is alive
+        dead_cols = np.zeros(0, np.int64) if some_finite_row else np.flatnonzero(~alive.any(axis=0))
+        max_abs = float(extent.max().view(S.dtype))  # the largest |x|'s bits, back to a float
+        return Scan(where[0], where[1], dead_row, dead_cols, max_abs, bool((found[:, 3] > 0).any()))
 
     def log_sweep(self, S, lam, g, log_c):
         if not self._native(S):

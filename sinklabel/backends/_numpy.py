@@ -50,8 +50,14 @@ class NumpyBackend(Backend):
         n, k = S.shape
         nan_at = posinf_at = dead_row = None
         col_alive = np.zeros(k, dtype=bool)
+        max_abs, neginf = 0.0, False
         for blk in row_blocks(n, k):
             X = S[blk]
+            if X.size:
+                A = np.abs(X)
+                finite = A < np.inf  # False for NaN and +-inf
+                max_abs = max(max_abs, float(A.max(initial=0.0, where=finite)))
+                neginf = neginf or bool(np.isneginf(X).any())
             if nan_at is None:
                 bad = np.isnan(X)
                 if bad.any():
@@ -68,7 +74,7 @@ class NumpyBackend(Backend):
                 if rows.any():
                     dead_row = blk.start + int(np.argmax(rows))
             col_alive |= alive.any(axis=0)
-        return Scan(nan_at, posinf_at, dead_row, np.flatnonzero(~col_alive))
+        return Scan(nan_at, posinf_at, dead_row, np.flatnonzero(~col_alive), max_abs, neginf)
 
     def log_sweep(self, S, lam, g, log_c):
         n, k = S.shape

@@ -175,15 +175,20 @@ class TorchBackend(Backend):
     def scan(self, S: torch.Tensor) -> Scan:
         n, k = S.shape
         col_alive = torch.zeros(k, dtype=torch.bool, device=S.device)
-        flags = []  # per block: any NaN, any +inf, any dead row (kept on the device)
+        flags = []  # per block: any NaN, any +inf, any dead row, any -inf (kept on the device)
+        extent = torch.zeros((), dtype=torch.float64, device=S.device)  # max |S|, finite entries
         blocks = list(self._blocks(S))
         for blk in blocks:
             X = S[blk]
             alive = X > -torch.inf  # False for -inf and NaN
             dead = ~alive.any(dim=1)
-            flags.append(torch.stack([torch.isnan(X).any(), torch.isposinf(X).any(), dead.any()]))
+            nan, pinf, ninf = torch.isnan(X).any(), torch.isposinf(X).any(), torch.isneginf(X).any()
+            flags.append(torch.stack([nan, pinf, dead.any(), ninf]))
             col_alive |= alive.any(dim=0)
-        found = torch.stack(flags).cpu().numpy()  # one synchronisation
+            if X.numel():
+                A = X.abs()
+                extent = torch.maximum(extent, torch.where(A < torch.inf, A, 0).amax().to(torch.float64))
+        found = torch.stack(flags).cpu().numpy() if flags else np.zeros((0, 4), dtype=bool)  # one sync
 
         def first(b: int, mask: torch.Tensor) -> tuple[int, int]:
             i, j = (int(t) for t in torch.nonzero(mask)[0])
@@ -201,7 +206,7 @@ class TorchBackend(Backend):
             rows = ~(S[blocks[b]] > -torch.inf).any(dim=1)
             dead_row = blocks[b].start + int(torch.nonzero(rows)[0, 0])
         dead_cols = np.flatnonzero(~col_alive.cpu().numpy()).astype(np.int64)
-        return Scan(nan_at, posinf_at, dead_row, dead_cols)
+        return Scan(nan_at, posinf_at, dead_row, dead_cols, float(extent), bool(found[:, 3].any()))
 
     def log_sweep(self, S, lam, g, log_c):
         kernels = self._use_triton(S)
