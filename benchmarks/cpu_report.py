@@ -84,7 +84,7 @@ def sweep_ratios(S: np.ndarray, pairs: int = 21) -> dict[str, float]:
         "build_kernel": lambda: B.build_kernel(S, LAM, a, b, out=K),
         "rescale_kernel (absorption)": lambda: B.rescale_kernel(K, np.zeros(n), np.zeros(k)),
         "scan (validation)": lambda: B.scan(S),
-        "argmax (labels)": lambda: B.argmax(S, LAM, b),
+        "argmax (labels)": lambda: B.argmax(S, LAM, b)[0],
     }
     ratios: dict[str, list[float]] = {name: [] for name in prims}
     for f in prims.values():

@@ -522,9 +522,9 @@ def run(problem: Problem, backend: Backend) -> Result:
         sol = iterate(
             B, S, lam, c, r, g0, args.tol, args.max_iter, p.check_every, p.memory, p.stream, on_check
         )
-        certified = gap = None
+        certified = gap = picked = None
         if not p.balanced:
-            labels = B.argmax(S, lam, sol.log_v)
+            labels, picked = B.argmax(S, lam, sol.log_v)  # the labels' scores in the same pass
         elif B.exchange is None:
             bal = balance_head(B, args.heads[t], S, sol.log_v, lam, p.targets[t], flexible=p.flexible[t])
             labels, certified, gap = B.from_numpy(bal.labels, like=S), bal.certified, bal.gap
@@ -537,7 +537,7 @@ def run(problem: Problem, backend: Backend) -> Result:
             labels, certified, gap = B.from_numpy(got["labels"], like=S), got["certified"], got["gap"]
             keys = ("rounds", "points_gathered", "scores_gathered", "status", "root_pairs_bytes")
             balanced_info.append({key: got.get(key) for key in keys})
-        picked = B.to_numpy(B.gather(S, labels))[c_host > 0]
+        picked = B.to_numpy(B.gather(S, labels) if picked is None else picked)[c_host > 0]
         part = np.dot(c_host[c_host > 0], picked) if np.isfinite(picked).all() else -np.inf
         objective = -float(B.allsum(np.array([part]))[0])  # +inf where a label has S = -inf
         sizes = B.allsum(np.bincount(B.to_numpy(labels), minlength=S.shape[1]).astype(np.int64))

@@ -92,8 +92,13 @@ def test_primitives_match_numpy(name, dtype, kind, n, k):
     np.testing.assert_allclose(host(u), u_ref, rtol=tol)
     np.testing.assert_allclose(host(acc), acc_ref, rtol=tol)
 
-    labels = host(B.argmax(S, 25.0, B.from_numpy(g, like=S)))
-    np.testing.assert_array_equal(labels, REF.argmax(S_np, 25.0, g))
+    labels, picked = B.argmax(S, 25.0, B.from_numpy(g, like=S))
+    labels, picked = host(labels), host(picked)
+    labels_ref, picked_ref = REF.argmax(S_np, 25.0, g)
+    np.testing.assert_array_equal(labels, labels_ref)
+    np.testing.assert_array_equal(picked, picked_ref)
+    assert picked.dtype == np.float64
+    np.testing.assert_array_equal(picked, S_np[np.arange(n), labels].astype(np.float64))
     np.testing.assert_array_equal(
         host(B.gather(S, B.from_numpy(labels, like=S))), REF.gather(S_np, labels)
     )

@@ -226,7 +226,7 @@ def test_serial_and_parallel_paths_agree(monkeypatch):
         K = B.build_kernel(S, 25.0, a, g)
         u, acc = B.sweep(K, np.ones(40), c)
         a2, mass = B.stream_sweep(S, 25.0, a, g, c)
-        out[serial] = (a, lse, K, u, acc, a2, mass, B.argmax(S, 25.0, g), B.scan(S).dead_cols)
+        out[serial] = (a, lse, K, u, acc, a2, mass, *B.argmax(S, 25.0, g), B.scan(S).dead_cols)
     for x, y in zip(out[True], out[False]):
         np.testing.assert_allclose(x, y, rtol=1e-5)
 

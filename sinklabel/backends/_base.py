@@ -34,7 +34,9 @@ counts; it supplies:
     The fused iteration: ``u_i = c_i / sum_k Kmat_ik v_k`` (rows exact) and
     ``acc_k = sum_i Kmat_ik u_i``; the column masses of the plan are then ``v * acc``.
 ``argmax(S, lam, g)`` / ``gather(S, labels)``
-    Hard labels ``argmax_k (lam S_ik + g_k)`` and ``S[i, labels_i]``.
+    Hard labels ``argmax_k (lam S_ik + g_k)`` (the first on ties) with their scores
+    ``S[i, labels_i]`` in float64, in one pass: ``(labels, picked)``; and ``S[i, labels_i]``
+    for labels from elsewhere (the balanced step's).
 ``stream_sweep(S, lam, a, g, c)`` (only where ``supports_stream``)
     The sweep without a stored kernel, for ``solve(..., kernel="streamed")``: with
     ``E_ik = exp(lam S_ik + a_i + g_k)`` computed on the fly (``a`` the row potentials
@@ -196,7 +198,7 @@ class Backend:
             Kmat[blk] = self.build_kernel(S[blk], lam, a[blk], b)
         return Kmat
 
-    def argmax(self, S: Any, lam: float, g: Any) -> Any:
+    def argmax(self, S: Any, lam: float, g: Any) -> tuple[Any, Any]:
         raise NotImplementedError
 
     def stream_sweep(self, S: Any, lam: float, a: Any, g: Any, c: Any) -> tuple[Any, Any]:

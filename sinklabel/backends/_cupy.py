@@ -331,11 +331,14 @@ class CupyBackend(Backend):
         with S.device:
             n, k = S.shape
             labels = cupy.empty(n, dtype=np.int64)
+            picked = cupy.empty(n, dtype=np.float64)
             for blk in self._blocks(S):
-                X = S[blk].astype(np.float64) * lam
-                X += g
-                labels[blk] = X.argmax(axis=1)
-        return labels
+                X = S[blk].astype(np.float64)
+                Y = X * lam
+                Y += g
+                labels[blk] = Y.argmax(axis=1)
+                picked[blk] = X[cupy.arange(X.shape[0]), labels[blk]]
+        return labels, picked
 
     def gather(self, S, labels):
         with S.device:

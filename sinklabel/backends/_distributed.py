@@ -288,10 +288,14 @@ class DistributedBackend(Backend):
         # this rank's rows; no exchange
         return self._local(self.inner.build_rows, S, lam, a, b, Kmat, rows, dummy=lambda: Kmat)
 
-    def argmax(self, S: Any, lam: float, g: Any) -> Any:
+    def argmax(self, S: Any, lam: float, g: Any) -> tuple[Any, Any]:
         self._seen(S)
-        zeros = lambda: self.inner.from_numpy(np.zeros(S.shape[0], np.int64), like=S)  # noqa: E731
-        return self._local(self.inner.argmax, S, lam, g, dummy=zeros)
+
+        def dummy() -> tuple[Any, Any]:
+            labels = self.inner.from_numpy(np.zeros(S.shape[0], np.int64), like=S)
+            return labels, self.inner.full(S.shape[0], 0.0, like=S)
+
+        return self._local(self.inner.argmax, S, lam, g, dummy=dummy)
 
     def gather(self, S: Any, labels: Any) -> Any:
         return self._local(

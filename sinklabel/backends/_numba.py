@@ -638,9 +638,9 @@ def _stream(S, lam, a, g, c, a_next, n_chunks, single, su):
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _argmax_rows(S, lam, g, labels, lo, hi):
+def _argmax_rows(S, lam, g, labels, picked, lo, hi):
     # no fast-math: the same arithmetic as the numpy reference, so the same ties
-    # the maximum first (a reduction that vectorises), then its first index
+    # the maximum first (a reduction that vectorises), then its first index and its score
     k = S.shape[1]
     for i in range(lo, hi):
         row = S[i]
@@ -653,13 +653,14 @@ def _argmax_rows(S, lam, g, labels, lo, hi):
                 arg = j
                 break
         labels[i] = arg
+        picked[i] = row[arg]
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _argmax(S, lam, g, labels, n_chunks):
+def _argmax(S, lam, g, labels, picked, n_chunks):
     n = S.shape[0]
     for t in prange(n_chunks):
-        _argmax_rows(S, lam, g, labels, t * n // n_chunks, (t + 1) * n // n_chunks)
+        _argmax_rows(S, lam, g, labels, picked, t * n // n_chunks, (t + 1) * n // n_chunks)
 
 
 def _scales(v: np.ndarray, c: np.ndarray) -> tuple[float, float]:
@@ -861,10 +862,11 @@ class NumbaBackend(NumpyBackend):
             return super().argmax(S, lam, g)
         n = S.shape[0]
         labels = np.empty(n, dtype=np.int64)
+        picked = np.empty(n, dtype=np.float64)
         g = np.ascontiguousarray(g, dtype=np.float64)
         chunks = _chunks(S)
         if chunks == 1:
-            _argmax_rows(S, float(lam), g, labels, 0, n)
+            _argmax_rows(S, float(lam), g, labels, picked, 0, n)
         else:
-            _argmax(S, float(lam), g, labels, chunks)
-        return labels
+            _argmax(S, float(lam), g, labels, picked, chunks)
+        return labels, picked

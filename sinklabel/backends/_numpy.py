@@ -140,11 +140,14 @@ class NumpyBackend(Backend):
     def argmax(self, S, lam, g):
         n, k = S.shape
         labels = np.empty(n, dtype=np.int64)
+        picked = np.empty(n, dtype=np.float64)
         for blk in row_blocks(n, k):
-            X = S[blk].astype(np.float64) * lam
-            X += g
-            labels[blk] = X.argmax(axis=1)
-        return labels
+            X = S[blk].astype(np.float64)
+            Y = X * lam
+            Y += g
+            labels[blk] = Y.argmax(axis=1)
+            picked[blk] = X[np.arange(X.shape[0]), labels[blk]]
+        return labels, picked
 
     def gather(self, S, labels):
         return S[np.arange(S.shape[0]), labels].astype(np.float64)

@@ -261,11 +261,14 @@ class TorchBackend(Backend):
     def argmax(self, S, lam, g):
         n, k = S.shape
         labels = torch.empty(n, dtype=torch.int64, device=S.device)
+        picked = torch.empty(n, dtype=torch.float64, device=S.device)
         for blk in self._blocks(S):
-            X = S[blk].to(torch.float64) * lam
-            X += g
-            labels[blk] = X.argmax(dim=1)
-        return labels
+            X = S[blk].to(torch.float64)
+            Y = X * lam
+            Y += g
+            labels[blk] = Y.argmax(dim=1)
+            picked[blk] = X.gather(1, labels[blk][:, None])[:, 0]
+        return labels, picked
 
     def gather(self, S, labels):
         return S[torch.arange(S.shape[0], device=S.device), labels].to(torch.float64)
