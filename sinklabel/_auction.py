@@ -494,13 +494,16 @@ class Kernels:
                 env[name] = jit(_rebind(fn, env))
             self.auction = jit(_rebind(_auction, env))
             self.release = jit(_rebind(_release, env))
-            # a parallel region costs a thread hand-off: worth it on big inputs only
+            # a parallel region costs a thread hand-off: worth it on big inputs only. The
+            # twins need distinct names: numba's disk cache keys a function by its module,
+            # name, line and signature, not by ``parallel``, so with one name the twin
+            # compiled first was loaded for both (the full passes ran on one core)
             for name, fn, all_rows in (
                 ("top2_pass", _top2_pass_loop, True),
                 ("best_pass", _best_pass_loop, True),
                 ("slack", _slack_loop, False),
             ):
-                serial, parallel = jit(_rebind(fn, env)), pjit(_rebind(fn, env))
+                serial, parallel = jit(_rebind(fn, env)), pjit(_rebind(fn, env, "_parallel"))
                 setattr(self, name, _by_size(serial, parallel, all_rows))
         else:
             env = dict(globals(), _scan_row=_scan_row_numpy)
@@ -549,16 +552,18 @@ def _by_size(serial: Any, parallel: Any, all_rows: bool) -> Any:
         work = (n if all_rows else second.shape[0]) * per_row
         (parallel if work >= PARALLEL_MIN else serial)(S, second, *args)
 
+    run.serial, run.parallel = serial, parallel  # type: ignore[attr-defined]
     return run
 
 
 PARALLEL_MIN = 1 << 20
 
 
-def _rebind(fn: Any, env: dict) -> Any:
-    """``fn`` with its global names looked up in ``env`` (one source, two engines)."""
-    out = types.FunctionType(fn.__code__, env, fn.__name__, fn.__defaults__, fn.__closure__)
-    out.__qualname__ = fn.__qualname__
+def _rebind(fn: Any, env: dict, suffix: str = "") -> Any:
+    """``fn`` with its global names looked up in ``env`` (one source, two engines);
+    ``suffix`` is appended to its name (numba's disk cache tells functions apart by name)."""
+    out = types.FunctionType(fn.__code__, env, fn.__name__ + suffix, fn.__defaults__, fn.__closure__)
+    out.__qualname__ = fn.__qualname__ + suffix
     out.__module__ = fn.__module__
     return out
 

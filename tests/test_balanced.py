@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sinklabel
-from sinklabel._auction import HAVE_NUMBA
+from sinklabel._auction import HAVE_NUMBA, kernels
 from sinklabel._balanced import CERT_RTOL, balance
 from sinklabel._sizes import integer_sizes
 from sinklabel.exact import objective, solve_exact
@@ -406,3 +406,17 @@ def test_passes_match_a_dense_reference_on_ties_and_neginf(engine, n, k):
             Y[np.arange(rows.size), labels[rows]] = -np.inf
             want = Y.max(axis=1) - (D[rows, labels[rows]] - paid)
         np.testing.assert_allclose(slack, want, rtol=1e-12, atol=1e-12)  # fastmath may reassociate
+
+
+@pytest.mark.skipif(not HAVE_NUMBA, reason="numba's disk cache")
+def test_parallel_passes_are_cached_apart_from_their_serial_twins():
+    """numba's disk cache keys a function by module, name, first line and signature, not
+    by ``parallel``: twins of one name loaded whichever was compiled first for both (the
+    full passes then ran on one core wherever a small problem had compiled them first)."""
+    kern = kernels("numba", np.zeros((4, 3), np.float32))
+    for name in ("top2_pass", "best_pass", "slack"):
+        pass_ = getattr(kern, name)
+        serial, parallel = pass_.serial.py_func, pass_.parallel.py_func
+        assert serial.__code__ is parallel.__code__  # one source
+        assert parallel.__qualname__ != serial.__qualname__
+        assert pass_.parallel.targetoptions.get("parallel") and not pass_.serial.targetoptions.get("parallel")
