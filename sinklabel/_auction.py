@@ -429,6 +429,123 @@ def _slack_loop(S: Any, rows: Any, labels: Any, paid: Any, minp: Any, out: Any) 
         out[t] = _row_best_except(S, i, y, minp) - (_entry(S, i, y) - paid[t])
 
 
+def _seed_loop(
+    k1: Any,
+    v1: Any,
+    v2: Any,
+    p0: Any,
+    room: Any,
+    start: Any,
+    big: float,
+    price: Any,
+    holder: Any,
+    slot_of: Any,
+    takers: Any,
+    waiting: Any,
+) -> int:
+    """The argmax seed of :func:`sinklabel._balanced.balance`, from the top-2 pass.
+
+    Each point ``i`` with ``k1[i] >= 0`` goes to ``k1[i]``; a cluster keeps its ``room``
+    takers of widest margin ``v1 - v2`` (``big`` where the runner-up is ``-inf``; ties
+    to the lower index), laid out as a heap: kept points by ascending bid ``p0 + margin``
+    at the end of the cluster's block, its empty slots (at ``p0``, already in ``price``)
+    first. Fills ``takers`` (points per cluster) and ``waiting``: the takers left over,
+    cluster by cluster in that order, then the points with ``k1 < 0``, ascending; returns
+    their number. The same as sorting all points by (cluster, -margin, index), with one
+    small sort per cluster (in parallel) instead.
+    """
+    n = k1.shape[0]
+    n_clusters = room.shape[0]
+    for c in range(n_clusters):
+        takers[c] = 0
+    for i in range(n):
+        if k1[i] >= 0:
+            takers[k1[i]] += 1
+    first = np.zeros(n_clusters + 1, dtype=np.int64)  # each cluster's takers in pts
+    over = np.zeros(n_clusters + 1, dtype=np.int64)  # each cluster's left-overs in waiting
+    for c in range(n_clusters):
+        first[c + 1] = first[c] + takers[c]
+        over[c + 1] = over[c] + max(takers[c] - room[c], 0)
+    pts = np.empty(first[n_clusters], dtype=np.int64)
+    fill = first[:n_clusters].copy()
+    for i in range(n):
+        c = k1[i]
+        if c >= 0:
+            pts[fill[c]] = i
+            fill[c] += 1
+    for c in prange(n_clusters):
+        lo = first[c]
+        m = first[c + 1] - lo
+        margin = np.empty(m, dtype=np.float64)
+        key = np.empty(m, dtype=np.float64)
+        for j in range(m):
+            i = pts[lo + j]
+            d = v1[i] - v2[i]
+            margin[j] = d if np.isfinite(d) else big
+            key[j] = -margin[j]
+        order = np.argsort(key, kind="mergesort")  # stable: ties stay by index
+        for r in range(m):
+            i = pts[lo + order[r]]
+            if r < room[c]:
+                slot = start[c] + (room[c] - 1 - r)
+                price[slot] = p0[c] + margin[order[r]]
+                holder[slot] = i
+                slot_of[i] = slot
+            else:
+                waiting[over[c] + (r - room[c])] = i
+    w = over[n_clusters]
+    for i in range(n):
+        if k1[i] < 0:
+            waiting[w] = i
+            w += 1
+    return w
+
+
+def _seed_numpy(k1, v1, v2, p0, room, start, big, price, holder, slot_of, takers, waiting) -> int:
+    n_clusters = room.shape[0]
+    reachable = np.flatnonzero(k1 >= 0)
+    margin = v1[reachable] - v2[reachable]
+    margin = np.where(np.isfinite(margin), margin, big)
+    order = np.lexsort((-margin, k1[reachable]))
+    pts, ks, mg = reachable[order], k1[reachable][order], margin[order]
+    takers[:] = np.bincount(ks, minlength=n_clusters)
+    first = np.searchsorted(ks, np.arange(n_clusters))
+    rank = np.arange(pts.size) - first[ks]
+    keep = rank < room[ks]
+    kp, kk, kr = pts[keep], ks[keep], rank[keep]
+    slot = start[kk] + (room[kk] - 1 - kr)
+    price[slot] = p0[kk] + mg[keep]
+    holder[slot] = kp
+    slot_of[kp] = slot
+    out = np.concatenate([pts[~keep], np.flatnonzero(k1 < 0)])
+    waiting[: out.size] = out
+    return out.size
+
+
+def _span_loop(S: Any, step: int) -> tuple[float, float, bool]:
+    """(max - min, max |.|, whether any) of the finite scores of rows 0, step, 2 step, ..."""
+    lo = np.inf
+    hi = -np.inf
+    for i in range(0, S.shape[0], step):
+        row = S[i]
+        for k in range(row.shape[0]):
+            x = np.float64(row[k])
+            if np.isfinite(x):
+                lo = min(lo, x)
+                hi = max(hi, x)
+    if not hi >= lo:
+        return 1.0, 1.0, False
+    return hi - lo, max(abs(lo), abs(hi)), True
+
+
+def _span_numpy(S: Any, step: int) -> tuple[float, float, bool]:
+    rows = rows_block(S, slice(None, None, step))
+    fin = rows[np.isfinite(rows)]
+    if not fin.size:
+        return 1.0, 1.0, False
+    return float(fin.max() - fin.min()), float(np.abs(fin).max()), True
+
+
 _BLOCK = 1 << 21  # elements of float64 temporaries per block in the numpy passes
 
 
@@ -494,6 +611,11 @@ class Kernels:
                 env[name] = jit(_rebind(fn, env))
             self.auction = jit(_rebind(_auction, env))
             self.release = jit(_rebind(_release, env))
+            # exact arithmetic (no fastmath): the seed's prices are p0 + margin as numpy has them
+            seed = numba.njit(cache=True, parallel=True)(_rebind(_seed_loop, env))
+            seed_serial = numba.njit(cache=True)(_rebind(_seed_loop, env, "_serial"))
+            self.seed = _by_points(seed_serial, seed)
+            self.span = jit(_rebind(_span_loop, env)) if layout == "dense" else _span_numpy
             # a parallel region costs a thread hand-off: worth it on big inputs only. The
             # twins need distinct names: numba's disk cache keys a function by its module,
             # name, line and signature, not by ``parallel``, so with one name the twin
@@ -514,6 +636,8 @@ class Kernels:
             self.auction = _rebind(_auction, env)
             self.release = _rebind(_release, env)
             self.top2_pass = _top2_pass_numpy
+            self.seed = _seed_numpy
+            self.span = _span_numpy
             self.best_pass = _best_pass_numpy
             self.slack = _slack_numpy
 
@@ -557,6 +681,16 @@ def _by_size(serial: Any, parallel: Any, all_rows: bool) -> Any:
 
 
 PARALLEL_MIN = 1 << 20
+
+
+def _by_points(serial: Any, parallel: Any) -> Any:
+    """Call ``parallel`` when the first argument has at least PARALLEL_MIN / 16 entries."""
+
+    def run(first: Any, *args: Any) -> Any:
+        return (parallel if first.shape[0] * 16 >= PARALLEL_MIN else serial)(first, *args)
+
+    run.serial, run.parallel = serial, parallel  # type: ignore[attr-defined]
+    return run
 
 
 def _rebind(fn: Any, env: dict, suffix: str = "") -> Any:

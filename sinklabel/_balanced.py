@@ -309,7 +309,7 @@ def balance(
     # only differences matter; a cluster with slots but no finite price starts dearest
     p0 = np.where(finite, p0 - p0[finite].max(), 0.0) if finite.any() else np.zeros(k)
     minp = np.where(has_slot, p0, np.inf)
-    span, magnitude = _score_span(S)
+    span, magnitude, _ = kern.span(S, max(1, n // 2048))  # a sample of the rows
     magnitude = max(magnitude, float(np.abs(p0).max()))
     big = 2.0 * span + 1.0  # the bid increment of a point with a single allowed cluster
     spread = float(np.mean(np.abs(p0[finite] - p0[finite].mean()))) if finite.any() else 0.0
@@ -332,34 +332,22 @@ def balance(
     price = minp[slot_cluster].copy()
     holder = np.full(n_slots, -1, dtype=np.int64)
     slot_of = np.full(n + n_dummy, -1, dtype=np.int64)
-    reachable = np.flatnonzero(k1 >= 0)
-    margin = v1[reachable] - v2[reachable]
-    margin = np.where(np.isfinite(margin), margin, big)
-    order = np.lexsort((-margin, k1[reachable]))
-    pts, ks, mg = reachable[order], k1[reachable][order], margin[order]
-    first = np.searchsorted(ks, np.arange(k))
-    rank = np.arange(pts.size) - first[ks]
-    keep = rank < room[ks]
-    kp, kk, kr, km = pts[keep], ks[keep], rank[keep], mg[keep]
+    takers = np.empty(k, dtype=np.int64)
+    queue = np.empty(n + n_dummy + 1, dtype=np.int64)
     # a sorted block is a heap: empty slots (at p0) first, then the kept points by
     # ascending bid, the least attached at the root
-    slot = start[kk] + (room[kk] - 1 - kr)
-    price[slot] = p0[kk] + km
-    holder[slot] = kp
-    slot_of[kp] = slot
+    tail = kern.seed(k1, v1, v2, p0, room, start, big, price, holder, slot_of, takers, queue)
+    queue[tail : tail + n_dummy] = np.arange(n, n + n_dummy, dtype=np.int64)
+    head, tail = 0, tail + n_dummy
     minp = np.where(has_slot, price[np.minimum(start, n_slots - 1)], np.inf)
-    contested = (np.bincount(ks, minlength=k) > room) & has_slot
+    contested = (takers > room) & has_slot
     if eps0 is None and contested.any():
         # the price rise that sheds an over-demanded cluster's excess at the seed says
         # how far the starting prices are from clearing: the first phase's scale
         rise = float(np.median((minp - p0)[contested]))
         eps = max(eps, EPS0_FRACTION * rise)
     dummy_in = np.full(k, -1, dtype=np.int64)
-    waiting = np.concatenate([pts[~keep], np.flatnonzero(k1 < 0), np.arange(n, n + n_dummy, dtype=np.int64)])
-    queue = np.empty(n + n_dummy + 1, dtype=np.int64)
-    queue[: waiting.size] = waiting
-    head, tail = 0, waiting.size
-    log.debug("balanced: %d of %d bidders wait after the seed", waiting.size, n + n_dummy)
+    log.debug("balanced: %d of %d bidders wait after the seed", tail, n + n_dummy)
 
     budget = int(max_bids) if max_bids is not None else 100 * (n + n_dummy + k)
     ok = k1 >= 0
@@ -471,15 +459,6 @@ def _restless_dummies(price, slot_of, dummy_in, minp, n, n_dummy, eps) -> np.nda
     free = dummy_in < 0
     cheapest = float(minp[free].min()) if free.any() else np.inf
     return dummies[price[slot_of[dummies]] - cheapest > eps]
-
-
-def _score_span(S: np.ndarray) -> tuple[float, float]:
-    """Spread (max - min) and magnitude (max |.|) of the finite scores of a sample of rows."""
-    rows = rows_block(S, slice(None, None, max(1, S.shape[0] // 2048)))
-    fin = rows[np.isfinite(rows)]
-    if not fin.size:
-        return 1.0, 1.0
-    return float(fin.max() - fin.min()), float(np.abs(fin).max())
 
 
 def _scale(own: np.ndarray, paid: np.ndarray) -> float:

@@ -420,3 +420,60 @@ def test_parallel_passes_are_cached_apart_from_their_serial_twins():
         assert serial.__code__ is parallel.__code__  # one source
         assert parallel.__qualname__ != serial.__qualname__
         assert pass_.parallel.targetoptions.get("parallel") and not pass_.serial.targetoptions.get("parallel")
+
+
+@pytest.mark.parametrize("engine", ["numba", "numpy"] if HAVE_NUMBA else ["numpy"])
+@pytest.mark.parametrize("n,k", [(5000, 7), (70000, 40), (300, 1)])
+def test_seed_matches_a_sort_by_cluster_margin_and_index(engine, n, k):
+    """The argmax seed against its definition (one lexsort of all points): ties in the
+    margin, runner-ups at -inf, unreachable points and clusters without room included
+    (70,000 points take the parallel path)."""
+    rng = np.random.default_rng(n + k)
+    k1 = rng.integers(-1, k, n) if k > 1 else np.where(rng.random(n) < 0.1, -1, 0)
+    k1[rng.random(n) < 0.3] = min(1, k - 1)  # one popular cluster
+    v1 = rng.integers(0, 4, n).astype(np.float64)
+    v2 = v1 - rng.integers(0, 3, n)  # ties in the margin
+    v2[rng.random(n) < 0.05] = -np.inf
+    p0 = rng.standard_normal(k)
+    room = rng.multinomial(n, np.full(k, 1 / k)) if k > 1 else np.array([n])
+    room[rng.random(k) < 0.2] = 0
+    start = np.concatenate([[0], np.cumsum(room)[:-1]])
+    slots = int(room.sum())
+    big = 99.0
+
+    # the definition
+    reach = np.flatnonzero(k1 >= 0)
+    margin = np.where(np.isfinite(v1[reach] - v2[reach]), v1[reach] - v2[reach], big)
+    order = np.lexsort((-margin, k1[reach]))
+    pts, ks, mg = reach[order], k1[reach][order], margin[order]
+    rank = np.arange(pts.size) - np.searchsorted(ks, np.arange(k))[ks]
+    keep = rank < room[ks]
+    price_want = np.repeat(p0, room)
+    holder_want = np.full(slots, -1)
+    slot = start[ks[keep]] + room[ks[keep]] - 1 - rank[keep]
+    price_want[slot] = p0[ks[keep]] + mg[keep]
+    holder_want[slot] = pts[keep]
+    waiting_want = np.concatenate([pts[~keep], np.flatnonzero(k1 < 0)])
+
+    price, holder = np.repeat(p0, room), np.full(slots, -1, np.int64)
+    slot_of, takers, waiting = np.full(n, -1, np.int64), np.empty(k, np.int64), np.empty(n + 1, np.int64)
+    got = kernels(engine).seed(k1, v1, v2, p0, room, start, big, price, holder, slot_of, takers, waiting)
+    np.testing.assert_array_equal(price, price_want)
+    np.testing.assert_array_equal(holder, holder_want)
+    np.testing.assert_array_equal(waiting[:got], waiting_want)
+    np.testing.assert_array_equal(takers, np.bincount(ks, minlength=k))
+    held = holder >= 0
+    np.testing.assert_array_equal(slot_of[holder[held]], np.flatnonzero(held))
+    assert np.count_nonzero(slot_of >= 0) == np.count_nonzero(held)
+
+
+@pytest.mark.parametrize("engine", ["numba", "numpy"] if HAVE_NUMBA else ["numpy"])
+def test_span_of_the_sampled_rows(engine):
+    rng = np.random.default_rng(3)
+    D = rng.standard_normal((1000, 9)).astype(np.float32) * 7
+    D[rng.random(D.shape) < 0.3] = -np.inf
+    for step in (1, 7, 2000):
+        fin = D[::step][np.isfinite(D[::step])].astype(np.float64)
+        want = (fin.max() - fin.min(), np.abs(fin).max(), True) if fin.size else (1.0, 1.0, False)
+        assert kernels(engine, D).span(D, step) == want
+    assert kernels(engine, D).span(np.full((3, 2), -np.inf, np.float32), 1) == (1.0, 1.0, False)
