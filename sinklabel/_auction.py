@@ -153,6 +153,19 @@ def _entry_dense(S: Any, i: int, k: int) -> float:
     return S[i, k]
 
 
+def _prefetch_row_dense(S: Any, i: int) -> None:
+    """Ask the cache for row ``i`` (a hint, no effect on any result): a bid's row is a
+    random one, and waiting for it from memory was most of a bid's cost."""
+    row = S[i]
+    for j in range(0, row.shape[0], max(1, 64 // row.itemsize)):
+        _prefetch(row, j)
+
+
+def _prefetch_none(S: Any, i: int) -> None:
+    """:func:`_prefetch_row_dense` where there is nothing to prefetch (a sparse row, or
+    the numpy engine)."""
+
+
 # -- row primitives of the sparse layout (SparseRows) ---------------------------------------
 
 
@@ -221,6 +234,7 @@ _LAYOUTS = {
         _row_best=_row_best_dense,
         _row_best_except=_row_best_except_dense,
         _entry=_entry_dense,
+        _prefetch_row=_prefetch_row_dense,
     ),
     "sparse": dict(
         _n_rows=_n_rows_sparse,
@@ -228,9 +242,15 @@ _LAYOUTS = {
         _row_best=_row_best_sparse,
         _row_best_except=_row_best_except_sparse,
         _entry=_entry_sparse,
+        _prefetch_row=_prefetch_none,
     ),
 }
-_n_rows, _scan_point, _row_best, _row_best_except, _entry = _LAYOUTS["dense"].values()  # rebound per layout
+# rebound per layout
+_n_rows, _scan_point, _row_best, _row_best_except, _entry, _prefetch_row = _LAYOUTS["dense"].values()
+_prefetch = None  # the numba binding's prefetch intrinsic (:func:`_prefetch_numba`)
+
+#: a bid prefetches the row of the point this many places ahead in the queue
+PREFETCH_AHEAD = 2
 
 
 def layout(S: Any) -> str:
@@ -329,6 +349,11 @@ def _auction(
             head = 0
         bids += 1
         touched[p] = True
+        ahead = head + (PREFETCH_AHEAD - 1)
+        if ahead >= qlen:
+            ahead -= qlen
+        if (tail - head) % qlen >= PREFETCH_AHEAD and queue[ahead] < n_real:
+            _prefetch_row(S, queue[ahead])
         if p < n_real:
             # a point takes the cheapest slot of its best cluster; the bid leaves it
             # eps short of indifference with its best *other* cluster
@@ -424,6 +449,8 @@ def _slack_loop(S: Any, rows: Any, labels: Any, paid: Any, minp: Any, out: Any) 
     """For points ``rows`` holding a slot of ``labels`` at ``paid``: how far they are
     from their best other cluster, ``max_{l != y} (S[i, l] - minp[l]) - (S[i, y] - paid)``."""
     for t in prange(rows.shape[0]):
+        if t + PREFETCH_AHEAD < rows.shape[0]:
+            _prefetch_row(S, rows[t + PREFETCH_AHEAD])
         i = rows[t]
         y = labels[t]
         out[t] = _row_best_except(S, i, y, minp) - (_entry(S, i, y) - paid[t])
@@ -600,6 +627,7 @@ class Kernels:
             env = dict(globals(), prange=numba.prange)
             # helpers first: each compiled function sees the compiled helpers
             env["_max"] = _max_numba()
+            env["_prefetch"] = _prefetch_numba()
             for name, fn in (
                 ("_row_max", _row_max),
                 ("_scan_row", _scan_row_loop),
@@ -631,6 +659,7 @@ class Kernels:
             env = dict(globals(), _scan_row=_scan_row_numpy)
             for name, fn in _LAYOUTS[layout].items():
                 env[name] = _rebind(fn, env)
+            env["_prefetch_row"] = _prefetch_none
             if layout == "sparse":  # the row scan vectorised, as _scan_row_numpy does densely
                 env["_scan_point"] = _scan_point_sparse_numpy
             self.auction = _rebind(_auction, env)
@@ -664,6 +693,34 @@ def _max_numba() -> Any:
         return sig, codegen
 
     return _max
+
+
+def _prefetch_numba() -> Any:
+    """``_prefetch(a, j)``: ``llvm.prefetch`` of ``a[j]`` (1-D array) for reading, into
+    all cache levels; only a hint: it never faults and changes no result."""
+    from llvmlite import ir
+    from numba.core import cgutils, types
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def _prefetch(typingctx: Any, a: Any, j: Any) -> Any:
+        sig = types.void(a, j)
+
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            aryty = signature.args[0]
+            ary = context.make_array(aryty)(context, builder, args[0])
+            at = context.cast(builder, args[1], signature.args[1], types.intp)
+            ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [at], wraparound=False)
+            i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+            fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+            fn = builder.module.declare_intrinsic("llvm.prefetch", [i8p], fnty)
+            # read, highest locality, data cache
+            builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return _prefetch
 
 
 def _by_size(serial: Any, parallel: Any, all_rows: bool) -> Any:
