@@ -109,6 +109,7 @@ PRIMITIVES = {
     "build_rows": 1,
     "start_kernel": 1,
     "rescale_kernel": 0,
+    "rescale_sweep": 0,
     "sweep": 0,
     "stream_sweep": 1,
     "scan": 0,

@@ -18,9 +18,9 @@ including clusters that no point likes (``lam * S`` of -600 and below), to the r
 scale before the kernel is built. The kernel's rows then sum to 1 and every entry
 that matters for the plan is far above float32's underflow; entries below
 ``exp(-86)`` are stored as exact zeros. The kernel iteration costs one read of the
-N x K kernel per sweep (no ``exp``). An absorption rescales the stored kernel in place
-(:meth:`Backend.rescale_kernel`, one read and one write); the kernel is rebuilt from the
-scores only when entries stored as zero could hide more than ``e^-5 tol`` of a
+N x K kernel per sweep (no ``exp``). An absorption rescales the stored kernel in place,
+in the next sweep's read (:meth:`Backend.rescale_sweep`: that read plus a write); the
+kernel is rebuilt from the scores only when entries stored as zero could hide more than ``e^-5 tol`` of a
 cluster's mass, and the exact log-domain sweep re-enters only for non-finite values or a
 proposal that jumps beyond the frame (see :mod:`sinklabel._iteration`).
 

@@ -124,10 +124,11 @@ class _StoredKernel:
     """Sweeps of the stored kernel ``Kmat = exp(lam S + a + b)`` at ``x = b + log v``.
 
     When the scalings leave ``[e^-tau, e^tau]`` they are absorbed into the frame ``(a, b)``
-    by rescaling the kernel in place (:meth:`Backend.rescale_kernel`: one read and one
-    write, no ``exp``), while the entries stored as 0 stay negligible (:meth:`_lost`);
-    otherwise the kernel is rebuilt from the scores in the new frame (one ``exp`` pass,
-    still no log-domain step).
+    by rescaling the kernel in place, no ``exp``, while the entries stored as 0 stay
+    negligible (:meth:`_lost`): the next sweep does it as it reads the kernel
+    (:meth:`Backend.rescale_sweep`: the sweep's read plus a write), but for the rows rebuilt
+    from the scores at once when only a few rows' zeros matter; otherwise the kernel is
+    rebuilt from the scores in the new frame (one ``exp`` pass, still no log-domain step).
     """
 
     def __init__(self, B: Backend, S: Any, lam: float, c: Any, cols: _Columns, tol: float) -> None:
@@ -143,6 +144,9 @@ class _StoredKernel:
         self.tau = _tau(dtype)
         self.floor = B.exp_floor(dtype)
         self.Kmat: Any = None
+        #: an absorption's (row_log, col_log) not yet applied to the kernel: the next sweep
+        #: applies it in its own read (``Backend.rescale_sweep``)
+        self.pending: Any = None
         self.a = self.b = self.x = self.v = self.u = self.acc = None
         # how far the frame rose since the build: a - min a (rows), b - min b (clusters)
         self.up: Any = None  # e^(a - min a) per row (None: ones), as exp: one product per check
@@ -156,6 +160,7 @@ class _StoredKernel:
     def _frame(self, a: Any, b: Any) -> None:
         """The kernel now holds ``exp(lam S + a + b)``, freshly computed from the scores."""
         self.a, self.b, self.up, self.a_up_max, self.b_up = a, b, None, 0.0, self.cols.zeros
+        self.pending = None
 
     def _build(self, a: Any, b: Any) -> None:
         self._frame(a, b)
@@ -191,7 +196,12 @@ class _StoredKernel:
         return log_v if self.B.max_float(self.B.xp.abs(log_v)) <= self.tau else None
 
     def sweep(self) -> None:
-        self.u, self.acc = self.B.sweep(self.Kmat, self.v, self.c)
+        if self.pending is None:
+            self.u, self.acc = self.B.sweep(self.Kmat, self.v, self.c)
+        else:
+            row_log, col_log, keep = self.pending
+            self.pending = None
+            self.u, self.acc = self.B.rescale_sweep(self.Kmat, row_log, col_log, self.v, self.c, keep)
 
     def plain_move(self) -> None:
         """The plain Sinkhorn step after an unchecked sweep."""
@@ -348,9 +358,11 @@ class _StoredKernel:
         lost = self._lost(log_weight_absorbed, a_up_max + grow, b_up, cols.zeros)
         rows = None if lost <= self.LOST else self._rows_to_rebuild(a_up + grow, b_up)
         if lost <= self.LOST or rows is not None:
-            self.Kmat = B.rescale_kernel(self.Kmat, row_log, log_v)
             a = self.a + row_log
-            if rows is not None:  # the few rows whose stored zeros could matter, from the scores
+            # the next sweep rescales the kernel as it reads it, but for the few rows
+            # whose stored zeros could matter: rebuilt from the scores in the new frame now
+            self.pending = (row_log, log_v, rows)
+            if rows is not None:
                 self.Kmat = B.build_rows(self.S, self.lam, a, b, self.Kmat, rows)
                 a_up[B.from_numpy(rows, like=a_up)] = 0.0
                 a_up_max = B.max_float(a_up)

@@ -92,6 +92,23 @@ def test_primitives_match_numpy(name, dtype, kind, n, k):
     np.testing.assert_allclose(host(u), u_ref, rtol=tol)
     np.testing.assert_allclose(host(acc), acc_ref, rtol=tol)
 
+    # an absorption and the next sweep in one: the kernel rescaled as rescale_kernel does
+    # it (in place) but for the rows kept (rebuilt in the new frame already), and the
+    # sweep of the rescaled kernel
+    row_log, col_log = rng.normal(0, 2, n), rng.normal(0, 2, k)
+    keep = np.sort(rng.choice(n, n // 9, replace=False)).astype(np.int64)
+    K4 = B.build_kernel(S, 25.0, B.from_numpy(a_ref, like=S), B.from_numpy(g, like=S))
+    u4, acc4 = B.rescale_sweep(
+        K4, B.from_numpy(row_log, like=S), B.from_numpy(col_log, like=S),
+        B.from_numpy(v, like=S), B.from_numpy(c, like=S), keep,
+    )  # fmt: skip
+    K4_ref = REF.rescale_kernel(K_ref.copy(), row_log, col_log)
+    K4_ref[keep] = K_ref[keep]
+    np.testing.assert_allclose(host(K4), K4_ref, rtol=2e-6 if dtype == np.float32 else 1e-12, atol=0)
+    u4_ref, acc4_ref = REF.sweep(K4_ref, v, c)
+    np.testing.assert_allclose(host(u4), u4_ref, rtol=tol)
+    np.testing.assert_allclose(host(acc4), acc4_ref, rtol=tol)
+
     labels, picked = B.argmax(S, 25.0, B.from_numpy(g, like=S))
     labels, picked = host(labels), host(picked)
     labels_ref, picked_ref = REF.argmax(S_np, 25.0, g)

@@ -33,6 +33,10 @@ counts; it supplies:
 ``sweep(Kmat, v, c)``
     The fused iteration: ``u_i = c_i / sum_k Kmat_ik v_k`` (rows exact) and
     ``acc_k = sum_i Kmat_ik u_i``; the column masses of the plan are then ``v * acc``.
+``rescale_sweep(Kmat, row_log, col_log, v, c, keep)``
+    ``rescale_kernel`` then ``sweep``: an absorption followed by the next sweep; the rows
+    ``keep`` (host int64 indices, or None), rebuilt in the new frame already, are not
+    rescaled. The default runs the two; a backend that fuses them reads the kernel once.
 ``argmax(S, lam, g)`` / ``gather(S, labels)``
     Hard labels ``argmax_k (lam S_ik + g_k)`` (the first on ties) with their scores
     ``S[i, labels_i]`` in float64, in one pass: ``(labels, picked)``; and ``S[i, labels_i]``
@@ -228,6 +232,20 @@ class Backend:
                 x[~(x >= thr)] = 0.0
                 blk[...] = x
         return Kmat
+
+    def rescale_sweep(
+        self, Kmat: Any, row_log: Any, col_log: Any, v: Any, c: Any, keep: np.ndarray | None = None
+    ) -> tuple[Any, Any]:
+        """``rescale_kernel(Kmat, row_log, col_log)`` but for the rows ``keep``, then
+        ``sweep(Kmat, v, c)``."""
+        if keep is not None and keep.size:
+            idx = self.from_numpy(np.ascontiguousarray(keep, dtype=np.int64), like=row_log)
+            kept = Kmat[idx]  # a copy (advanced indexing): at most a fifth of the rows
+            self.rescale_kernel(Kmat, row_log, col_log)
+            Kmat[idx] = kept
+        else:
+            self.rescale_kernel(Kmat, row_log, col_log)
+        return self.sweep(Kmat, v, c)
 
     # -- small helpers the driver uses (host scalars) ---------------------------------
     def max_float(self, x: Any) -> float:

@@ -365,12 +365,24 @@ class DistributedBackend(Backend):
         return self._back(lse, like=g)
 
     def sweep(self, Kmat: Any, v: Any, c: Any) -> tuple[Any, Any]:
+        return self._sweep(self.inner.sweep, Kmat, v, c)
+
+    def rescale_sweep(
+        self, Kmat: Any, row_log: Any, col_log: Any, v: Any, c: Any, keep: np.ndarray | None = None
+    ) -> tuple[Any, Any]:
+        # the rescale is of this rank's rows; the sweep's column sums are exchanged as in sweep
+        def fused(K: Any, v: Any, c: Any) -> tuple[Any, Any]:
+            return self.inner.rescale_sweep(K, row_log, col_log, v, c, keep)
+
+        return self._sweep(fused, Kmat, v, c)
+
+    def _sweep(self, fn: Any, Kmat: Any, v: Any, c: Any) -> tuple[Any, Any]:
         n = c.shape[0]
 
         def dummy() -> tuple[Any, Any]:
             return self.inner.full(n, 0.0, like=c), self.inner.full(v.shape[0], 0.0, like=c)
 
-        u, acc = self._local(self.inner.sweep, Kmat, v, c, dummy=dummy)
+        u, acc = self._local(fn, Kmat, v, c, dummy=dummy)
         # the count of non-finite u rides along: all_finite(u) then needs no exchange
         bad_u = self.exchange.wire(~self.xp.isfinite(u).all()).reshape(1)
         total = self.exchange.reduce(torch.cat([self.exchange.wire(acc), bad_u]), "sum", "sweep")

@@ -231,6 +231,53 @@ def _sweep_rows64(K, vk, c, u, acc, lo, hi):
         i += 1
 
 
+@njit(fastmath=_FAST, nogil=True, cache=True, error_model="numpy")
+def _rescale_sweep_rows(K, ra, cb, thr, vk, c, u, acc, lo, hi, su):
+    """Rows lo..hi of ``_rescale_rows`` and then the sweep, in one read of the kernel: each
+    row is rescaled in float64 and written back (below ``thr``: 0; not if its factor
+    ``ra[i]`` is -1: a row rebuilt in the new frame already), then, while in L1, its
+    dot with ``vk`` and its share of the column sums are taken in the kernel's dtype (as
+    ``_sweep_rows32``: ``su``, flushes into float64 every ``_FLUSH`` rows)."""
+    k = K.shape[1]
+    part = np.zeros(k, dtype=K.dtype)
+    one = np.empty(1, dtype=K.dtype)  # scalars in the kernel's dtype
+    count = 0
+    for i in range(lo, hi):
+        row = K[i]
+        f = ra[i]
+        if f >= 0.0:  # -1: a row to keep as it is
+            for j in range(k):
+                y = np.float64(row[j]) * (f * cb[j])
+                row[j] = y if y >= thr else 0.0
+        one[0] = 0.0
+        s = one[0]
+        for j in range(k):
+            s += row[j] * vk[j]
+        ui = c[i] / np.float64(s)
+        u[i] = ui
+        one[0] = ui * su
+        uk = one[0]
+        for j in range(k):
+            part[j] += row[j] * uk
+        count += 1
+        if count >= _FLUSH:
+            for j in range(k):
+                acc[j] += part[j]
+                part[j] = 0.0
+            count = 0
+    for j in range(k):
+        acc[j] += part[j]
+
+
+@njit(parallel=True, fastmath=_FAST, cache=True, error_model="numpy")
+def _rescale_sweep(K, ra, cb, thr, vk, c, u, n_chunks, su):
+    n, k = K.shape
+    accs = np.zeros((n_chunks, k))
+    for t in prange(n_chunks):
+        _rescale_sweep_rows(K, ra, cb, thr, vk, c, u, accs[t], t * n // n_chunks, (t + 1) * n // n_chunks, su)
+    return _chunk_sum(accs)
+
+
 @njit(parallel=True, fastmath=_FAST, cache=True, error_model="numpy")
 def _sweep(K, vk, c, u, n_chunks, single, su):
     n, k = K.shape
@@ -815,6 +862,31 @@ class NumbaBackend(NumpyBackend):
         else:
             _rescale_rows(Kmat, ra, cb, thr, 0, Kmat.shape[0])
         return Kmat
+
+    def rescale_sweep(self, Kmat, row_log, col_log, v, c, keep=None):
+        if Kmat.dtype not in (np.float32, np.float64):
+            return super().rescale_sweep(Kmat, row_log, col_log, v, c, keep)
+        n, k = Kmat.shape
+        with np.errstate(over="ignore"):
+            ra = np.exp(np.ascontiguousarray(row_log, dtype=np.float64))
+            cb = np.exp(np.ascontiguousarray(col_log, dtype=np.float64))
+        if keep is not None:
+            ra[keep] = -1.0  # not rescaled (a factor is never negative)
+        thr = math.exp(self.exp_floor(Kmat.dtype))
+        u = np.empty(n, dtype=np.float64)
+        single = Kmat.dtype == np.float32
+        sv, su = _scales(v, c) if single else (1.0, 1.0)
+        vk = np.ascontiguousarray(v * sv if sv != 1.0 else v, dtype=Kmat.dtype)
+        chunks = _chunks(Kmat)
+        if chunks > 1:
+            acc = _rescale_sweep(Kmat, ra, cb, thr, vk, c, u, chunks, su)
+        else:
+            acc = np.zeros(k)
+            _rescale_sweep_rows(Kmat, ra, cb, thr, vk, c, u, acc, 0, n, su)
+        if single:  # as in sweep
+            u *= sv
+            acc *= sv / su
+        return u, acc
 
     def sweep(self, Kmat, v, c):
         n, k = Kmat.shape
