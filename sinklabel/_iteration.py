@@ -312,9 +312,10 @@ class _StoredKernel:
             ratio = self.u / self.c  # u_i / c_i; 1 for points of mass 0
             if self.massless is not None:
                 ratio[self.massless] = 1.0
-            # max_i |log(u_i / c_i)| as the log of max(ratio, 1 / ratio): one reduction (one
-            # decision over the ranks), no N logarithms; NaN stays NaN, 0 gives inf
-            row_max = math.log(B.max_float(xp.maximum(ratio, 1.0 / ratio)))
+            # max_i |log(u_i / c_i)| as the log of max(max ratio, 1 / min ratio): one decision
+            # over the ranks, no N logarithms nor temporaries; NaN stays NaN, 0 gives inf
+            extremes = xp.stack([ratio.max(), 1.0 / ratio.min()]) if ratio.shape[0] else ratio
+            row_max = math.log(B.max_float(extremes))
             log_dv = xp.where(cols.active, log_v - xp.log(self.v), 0.0)
         if not (B.all_finite(log_v) and np.isfinite(row_max)):
             return False
