@@ -65,9 +65,9 @@ class Anderson:
         (the pairs kept so far stay). Far from the fixed point the map is too nonlinear
         for old secant pairs, near it the slowest modes need a longer history: measured
         at 200,000 x 1,000, lam 25, 12 problems (3 families x 4 seeds), 61-80 sweeps with
-        12 pairs in the tail against 71-134 with 6 pairs throughout; 20 pairs then cut 6
-        problems' 411 sweeps to 388 (16: 396, 30: 391) and the 15 family x lam problems at
-        20,000 x 100 from 3,069 to 3,001 (benchmarks/RESULTS.md).
+        12 pairs in the tail against 71-134 with 6 pairs throughout. 20 pairs cut 6 of those
+        problems' 411 sweeps to 388 but made 2 of the quality sweep's lam = 1000 solves
+        circle at a constant error until max_iter: not kept (benchmarks/RESULTS.md).
     """
 
     def __init__(
@@ -81,7 +81,7 @@ class Anderson:
         trust: float = 10.0,
         trust_max: float = 1000.0,
         tail: float = 1e-2,
-        tail_memory: int = 20,
+        tail_memory: int = 12,
     ) -> None:
         self.active = np.asarray(active, dtype=bool)
         self.memory = int(memory)
