@@ -876,11 +876,7 @@ class NumbaBackend(NumpyBackend):
         if keep is not None:
             ra[keep] = -1.0  # not rescaled (a factor is never negative)
         thr = math.exp(self.exp_floor(Kmat.dtype))
-        u = np.empty(n, dtype=np.float64)
-        single = Kmat.dtype == np.float32
-        sv, su = _scales(v, c) if single else (1.0, 1.0)
-        vk = np.ascontiguousarray(v * sv if sv != 1.0 else v, dtype=Kmat.dtype)
-        chunks = _chunks(Kmat)
+        u, single, sv, su, vk, chunks = self._operands(Kmat, v, c)
         if chunks > 1:
             acc = _rescale_sweep(Kmat, ra, cb, thr, vk, c, u, chunks, su)
         else:
@@ -891,13 +887,19 @@ class NumbaBackend(NumpyBackend):
             acc *= sv / su
         return u, acc
 
-    def sweep(self, Kmat, v, c):
-        n, k = Kmat.shape
-        u = np.empty(n, dtype=np.float64)
+    @staticmethod
+    def _operands(Kmat, v, c):
+        """A sweep's operands: ``u`` to fill, whether the kernel is float32, the scales of
+        its float32 operands (``_scales``; 1 for float64), ``v`` scaled in the kernel's dtype,
+        the row chunks."""
         single = Kmat.dtype == np.float32
         sv, su = _scales(v, c) if single else (1.0, 1.0)
         vk = np.ascontiguousarray(v * sv if sv != 1.0 else v, dtype=Kmat.dtype)
-        chunks = _chunks(Kmat)
+        return np.empty(Kmat.shape[0], dtype=np.float64), single, sv, su, vk, _chunks(Kmat)
+
+    def sweep(self, Kmat, v, c):
+        n, k = Kmat.shape
+        u, single, sv, su, vk, chunks = self._operands(Kmat, v, c)
         if chunks > 1:
             acc = _sweep(Kmat, vk, c, u, chunks, single, su)
         else:
