@@ -239,14 +239,13 @@ def _sweep_rows64(K, vk, c, u, acc, lo, hi):
 
 @njit(fastmath=_FAST, nogil=True, cache=True, error_model="numpy")
 def _rescale_sweep_rows(K, ra, cb, thr, vk, c, u, acc, lo, hi, su):
-    """Rows lo..hi of ``_rescale_rows`` and then the sweep, in one read of the kernel: each
-    row is rescaled in float64 and written back (below ``thr``: 0; not if its factor
-    ``ra[i]`` is -1: a row rebuilt in the new frame already), then, while in L1, its
-    dot with ``vk`` and its share of the column sums are taken in the kernel's dtype (as
-    ``_sweep_rows32``: ``su``, flushes into float64 every ``_FLUSH`` rows)."""
+    """Rows lo..hi of ``_rescale_rows`` and then the sweep of a float32 kernel, in one read:
+    each row is rescaled in float64 and written back (below ``thr``: 0; not if its factor
+    ``ra[i]`` is -1: a row rebuilt in the new frame already), then, while in L1, its dot
+    with ``vk`` and its share of the column sums are taken in float32 (as ``_sweep_rows32``:
+    ``su``, flushes into float64 every ``_FLUSH`` rows)."""
     k = K.shape[1]
-    part = np.zeros(k, dtype=K.dtype)
-    one = np.empty(1, dtype=K.dtype)  # scalars in the kernel's dtype
+    part = np.zeros(k, dtype=np.float32)
     count = 0
     for i in range(lo, hi):
         row = K[i]
@@ -255,14 +254,12 @@ def _rescale_sweep_rows(K, ra, cb, thr, vk, c, u, acc, lo, hi, su):
             for j in range(k):
                 y = np.float64(row[j]) * (f * cb[j])
                 row[j] = y if y >= thr else 0.0
-        one[0] = 0.0
-        s = one[0]
+        s = np.float32(0.0)
         for j in range(k):
             s += row[j] * vk[j]
         ui = c[i] / np.float64(s)
         u[i] = ui
-        one[0] = ui * su
-        uk = one[0]
+        uk = np.float32(ui * su)
         for j in range(k):
             part[j] += row[j] * uk
         count += 1
@@ -852,10 +849,7 @@ class NumbaBackend(NumpyBackend):
     def rescale_kernel(self, Kmat, row_log, col_log):
         if Kmat.dtype not in (np.float32, np.float64):
             return super().rescale_kernel(Kmat, row_log, col_log)
-        with np.errstate(over="ignore"):
-            ra = np.exp(np.ascontiguousarray(row_log, dtype=np.float64))
-            cb = np.exp(np.ascontiguousarray(col_log, dtype=np.float64))
-        thr = math.exp(self.exp_floor(Kmat.dtype))
+        ra, cb, thr = self._factors(Kmat, row_log, col_log)
         chunks = _chunks(Kmat)
         if chunks > 1:
             _rescale(Kmat, ra, cb, thr, chunks)
@@ -870,22 +864,25 @@ class NumbaBackend(NumpyBackend):
         if Kmat.dtype != np.float32:
             return super().rescale_sweep(Kmat, row_log, col_log, v, c, keep)
         n, k = Kmat.shape
-        with np.errstate(over="ignore"):
-            ra = np.exp(np.ascontiguousarray(row_log, dtype=np.float64))
-            cb = np.exp(np.ascontiguousarray(col_log, dtype=np.float64))
+        ra, cb, thr = self._factors(Kmat, row_log, col_log)
         if keep is not None:
             ra[keep] = -1.0  # not rescaled (a factor is never negative)
-        thr = math.exp(self.exp_floor(Kmat.dtype))
-        u, single, sv, su, vk, chunks = self._operands(Kmat, v, c)
+        u, _, sv, su, vk, chunks = self._operands(Kmat, v, c)
         if chunks > 1:
             acc = _rescale_sweep(Kmat, ra, cb, thr, vk, c, u, chunks, su)
         else:
             acc = np.zeros(k)
             _rescale_sweep_rows(Kmat, ra, cb, thr, vk, c, u, acc, 0, n, su)
-        if single:  # as in sweep
-            u *= sv
-            acc *= sv / su
+        u *= sv  # back from the scaled float32 operands, as in sweep
+        acc *= sv / su
         return u, acc
+
+    def _factors(self, Kmat, row_log, col_log):
+        """A rescale's row and column factors (float64) and the kernel's floor."""
+        with np.errstate(over="ignore"):
+            ra = np.exp(np.ascontiguousarray(row_log, dtype=np.float64))
+            cb = np.exp(np.ascontiguousarray(col_log, dtype=np.float64))
+        return ra, cb, math.exp(self.exp_floor(Kmat.dtype))
 
     @staticmethod
     def _operands(Kmat, v, c):
