@@ -193,17 +193,22 @@ def _sweep_rows32(K, vk, c, u, acc, lo, hi, su):
             _flush(acc, part)
             count = 0
     while i < hi:
-        row = K[i]
-        s = np.float32(0.0)
-        for j in range(k):
-            s += row[j] * vk[j]
-        ui = c[i] / np.float64(s)
-        u[i] = ui
-        uk = np.float32(ui * su)
-        for j in range(k):
-            part[j] += row[j] * uk
+        u[i] = _sweep_row32(K[i], vk, c[i], su, part)
         i += 1
     _flush(acc, part)
+
+
+@njit(fastmath=_FAST, nogil=True, cache=True, error_model="numpy")
+def _sweep_row32(row, vk, ci, su, part):
+    """One float32 row of a sweep: ``u_i = c_i / (row . v)``, ``part += su u_i row``; u_i."""
+    s = np.float32(0.0)
+    for j in range(row.shape[0]):
+        s += row[j] * vk[j]
+    ui = ci / np.float64(s)
+    uk = np.float32(ui * su)
+    for j in range(row.shape[0]):
+        part[j] += row[j] * uk
+    return ui
 
 
 @njit(fastmath=_FAST, nogil=True, cache=True, error_model="numpy")
@@ -254,14 +259,7 @@ def _rescale_sweep_rows(K, ra, cb, thr, vk, c, u, acc, lo, hi, su):
             for j in range(k):
                 y = np.float64(row[j]) * (f * cb[j])
                 row[j] = y if y >= thr else 0.0
-        s = np.float32(0.0)
-        for j in range(k):
-            s += row[j] * vk[j]
-        ui = c[i] / np.float64(s)
-        u[i] = ui
-        uk = np.float32(ui * su)
-        for j in range(k):
-            part[j] += row[j] * uk
+        u[i] = _sweep_row32(row, vk, c[i], su, part)
         count += 1
         if count >= _FLUSH:
             _flush(acc, part)
