@@ -110,6 +110,7 @@ PRIMITIVES = {
     "start_kernel": 1,
     "rescale_kernel": 0,
     "rescale_sweep": 0,
+    "sweep_hessian": 0,
     "sweep": 0,
     "stream_sweep": 1,
     "scan": 0,

@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ._accel import Anderson
+from ._accel import Anderson, Newton
 from .backends._base import Backend
 
 log = logging.getLogger("sinklabel")
@@ -148,6 +148,7 @@ class _StoredKernel:
         #: applies it in its own read (``Backend.rescale_sweep``)
         self.pending: Any = None
         self.a = self.b = self.x = self.v = self.u = self.acc = None
+        self.W: Any = None  # the curvature of the last sweep that gathered it
         # how far the frame rose since the build: a - min a (rows), b - min b (clusters)
         self.up: Any = None  # e^(a - min a) per row (None: ones), as exp: one product per check
         self.a_up_max = 0.0
@@ -195,13 +196,34 @@ class _StoredKernel:
             log_v = self.B.xp.where(cols.active, x - b, cols.zeros)
         return log_v if self.B.max_float(self.B.xp.abs(log_v)) <= self.tau else None
 
-    def sweep(self) -> None:
-        if self.pending is None:
-            self.u, self.acc = self.B.sweep(self.Kmat, self.v, self.c)
-        else:
+    def sweep(self, curvature: float | None = None) -> None:
+        """Evaluate ``x``; with ``curvature`` (a threshold) also gather the rows' curvature
+        ``W`` for a Newton step (:meth:`Backend.sweep_hessian`)."""
+        if self.pending is not None:
             row_log, col_log, keep = self.pending
             self.pending = None
-            self.u, self.acc = self.B.rescale_sweep(self.Kmat, row_log, col_log, self.v, self.c, keep)
+            if curvature is None:
+                self.u, self.acc = self.B.rescale_sweep(self.Kmat, row_log, col_log, self.v, self.c, keep)
+                return
+            self.B.rescale_kernel(self.Kmat, row_log, col_log, keep)  # a pass of its own
+        if curvature is None:
+            self.u, self.acc = self.B.sweep(self.Kmat, self.v, self.c)
+        else:
+            self.u, self.acc, self.W = self.B.sweep_hessian(self.Kmat, self.v, self.c, curvature)
+
+    def curvature(self, log_c: Any) -> tuple[float, np.ndarray]:
+        """After a sweep that gathered ``W``: the semi-dual objective there,
+        ``sum_i c_i logsumexp_k(lam S_ik + x_k) - r . x`` (``logsumexp_k = log c_i -
+        log u_i - a_i`` in the frame), and ``W``, both summed over the processes in one
+        ``allsum``."""
+        B, xp, cols = self.B, self.B.xp, self.cols
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rows = xp.where(self.c > 0, self.c * (log_c - xp.log(self.u) - self.a), 0.0)
+        k = self.W.shape[0]
+        both = B.allsum(np.append(self.W.ravel(), float(rows.sum())))
+        x, r = B.to_numpy(self.x), B.to_numpy(cols.r)
+        act = r > 0
+        return float(both[-1]) - float(r[act] @ x[act]), both[:-1].reshape(k, k)
 
     def plain_move(self) -> None:
         """The plain Sinkhorn step after an unchecked sweep."""
@@ -447,6 +469,7 @@ def iterate(
     memory: int = 0,
     stream: bool = False,
     on_check: Callable[[int, float], Any] | None = None,
+    newton: bool = False,
 ) -> _HeadSolution:
     """Run Sinkhorn on one head until the cluster-marginal error is <= tol (or max_iter).
 
@@ -459,7 +482,9 @@ def iterate(
 
     ``stream``: no stored kernel (:class:`_StreamedKernel`); absorption then costs nothing
     and no N x K array is allocated. ``on_check(n_iter, err)`` is called at every
-    convergence check.
+    convergence check. ``newton`` (with ``memory > 0``, the stored kernel and a check at
+    every sweep): the proposals are :class:`sinklabel._accel.Newton`'s steps, each sweep
+    gathering the curvature they need, with Anderson as the fallback.
     """
     xp = B.xp
     with np.errstate(divide="ignore"):
@@ -467,7 +492,16 @@ def iterate(
     cols = _Columns(B, r)
     mode = (_StreamedKernel if stream else _StoredKernel)(B, S, lam, c, cols, tol)
     progress = _Progress(tol, on_check)
-    mixer = Anderson(B.to_numpy(cols.active).astype(bool), memory) if memory > 0 else None
+    active = B.to_numpy(cols.active).astype(bool)
+    mixer: Anderson | Newton | None = None
+    if memory > 0 and newton and not stream and check_every == 1:
+        mixer = Newton(active, B.to_numpy(r), memory)
+    elif memory > 0:
+        mixer = Anderson(active, memory)
+
+    def curvature() -> float | None:
+        """The threshold of the curvature the next sweep gathers (None: a plain sweep)."""
+        return mixer.thr if isinstance(mixer, Newton) and mixer.wants_curvature else None
 
     def log_step(g: Any) -> tuple[Any, Any, float]:
         """One exact log-domain evaluation at ``g``: rows ``a``, plain successor, ``err``."""
@@ -503,7 +537,11 @@ def iterate(
         propose(g, g_plain, err, mix=False)
     mode.anchor(a, g, g_plain)
     while progress.n_iter < max_iter:
-        mode.sweep()
+        thr = curvature()
+        if thr is None:
+            mode.sweep()
+        else:
+            mode.sweep(thr)
         progress.n_iter += 1
         if progress.n_iter % check_every and progress.n_iter < max_iter:  # unchecked sweeps
             mode.plain_move()
@@ -520,6 +558,9 @@ def iterate(
             if not B.all_finite(log_ratio):  # a column underflowed: absorb from x
                 rescue_from = forget(mode.x)
             else:
+                if thr is not None:
+                    objective, W = mode.curvature(log_c)
+                    mixer.observe(objective, W, B.to_numpy(mass))  # type: ignore[union-attr]
                 x_next = propose(mode.x, mode.x + log_ratio, err)
                 if mode.move(x_next):
                     continue
@@ -543,6 +584,10 @@ def iterate(
     # not converged: report the evaluated state with the smallest error (rows exact)
     return finish(False, progress.best, progress.best_err)
 
+
+#: Newton steps only up to this many clusters: its curvature is a K x K float64 array (per
+#: thread on the CPU: 134 MB at 4096) and its factorisation K^3 / 3 multiply-adds per step
+NEWTON_MAX_CLUSTERS = 4096
 
 #: the coarse start (:func:`coarse_start`): one point in COARSE_FRACTION, solved to COARSE_TOL
 COARSE_FRACTION = 20
@@ -600,5 +645,6 @@ def coarse_start(
     neginf = B.allsum(np.array([float(neginf)]))[0] > 0  # any process's scores
     if neginf and B.to_numpy(r)[B.scan(sub).dead_cols].any():
         return None, None
+    # Anderson: Newton's K x K step is not worth it on a sample of N / 20 points (measured)
     sol = iterate(B, sub, lam, c_sub / total, r, g0, COARSE_TOL, COARSE_MAX_ITER, 1, memory, stream)
     return (sol.log_v if sol.converged else None), sol

@@ -110,7 +110,7 @@ def solve(
     device: Any = None,
     check_every: int | None = None,
     balanced: bool | None = None,
-    acceleration: str | None = "anderson",
+    acceleration: str | None = "newton",
     kernel: str = "auto",
     callback: Any = None,
     group: Any = None,

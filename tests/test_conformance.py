@@ -43,6 +43,46 @@ NAMES = sorted(BACKENDS)
 PROBLEMS = [("realistic", 301, 7), ("collapsed", 256, 13), ("neginf", 199, 5)]
 
 
+def curvature_ref(Kmat, v, c, thr):
+    """``sum_i c_i p_i p_i^T`` over each row's ``p_ik > thr`` (``> 1 / HESSIAN_CAP`` in rows
+    with more than HESSIAN_CAP such entries), row by row in float64."""
+    from sinklabel.backends._base import HESSIAN_CAP
+
+    W = np.zeros((Kmat.shape[1],) * 2)
+    for row, ci in zip(Kmat.astype(np.float64), c):
+        p = row * v / (row @ v)
+        keep = p > thr
+        if keep.sum() > HESSIAN_CAP:
+            keep = p > 1.0 / HESSIAN_CAP
+        q = np.where(keep, p, 0.0)
+        W += ci * np.outer(q, q)
+    return W
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_curvature_keeps_at_most_the_cap_per_row(name, dtype):
+    # rows with 5 heavy entries (0.15 each) and 95 light ones (above thr = 1e-3): more than
+    # HESSIAN_CAP entries pass thr, so only those above 1 / HESSIAN_CAP (the heavy ones) count
+    from sinklabel.backends._base import HESSIAN_CAP
+
+    B = _backend(name)
+    n, k = 64, 100
+    rng = np.random.default_rng(3)
+    K_np = np.full((n, k), 0.25 / 95)
+    for i in range(n):
+        K_np[i, rng.choice(k, 5, replace=False)] = 0.15
+    K_np = K_np.astype(dtype)
+    like = to_library(K_np, B.library)
+    v, c = np.ones(k), np.full(n, 1.0 / n)
+    u, acc, W = B.sweep_hessian(like, B.from_numpy(v, like=like), B.from_numpy(c, like=like), 1e-3)
+    assert 95 + 5 > HESSIAN_CAP > 5 and 0.25 / 95 < 1.0 / HESSIAN_CAP < 0.15
+    ref = curvature_ref(K_np, v, c, 1e-3)
+    np.testing.assert_allclose(W, ref, rtol=0, atol=1e-6 * np.abs(ref).max())
+    np.testing.assert_allclose(np.diag(W).sum(), 5 * 0.15**2, rtol=1e-5)  # heavy entries only
+
+
+
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("kind,n,k", PROBLEMS)
@@ -92,6 +132,15 @@ def test_primitives_match_numpy(name, dtype, kind, n, k):
     np.testing.assert_allclose(host(u), u_ref, rtol=tol)
     np.testing.assert_allclose(host(acc), acc_ref, rtol=tol)
 
+    # the sweep that gathers the rows' curvature for a Newton step: the same sweep, and
+    # W = sum_i c_i p_i p_i^T over the entries p_ik > thr, in float64 on the host
+    for thr in (1e-3, 0.0):
+        u5, acc5, W = B.sweep_hessian(Kmat, B.from_numpy(v, like=S), B.from_numpy(c, like=S), thr)
+        np.testing.assert_allclose(host(u5), u_ref, rtol=tol)
+        np.testing.assert_allclose(host(acc5), acc_ref, rtol=tol)
+        assert isinstance(W, np.ndarray) and W.dtype == np.float64 and W.shape == (k, k)
+        np.testing.assert_allclose(W, curvature_ref(K_ref, v, c, thr), rtol=0, atol=tol * np.abs(W).max())
+
     # an absorption and the next sweep in one: the kernel rescaled as rescale_kernel does
     # it (in place) but for the rows kept (rebuilt in the new frame already), and the
     # sweep of the rescaled kernel
@@ -104,6 +153,12 @@ def test_primitives_match_numpy(name, dtype, kind, n, k):
     )  # fmt: skip
     K4_ref = REF.rescale_kernel(K_ref.copy(), row_log, col_log)
     K4_ref[keep] = K_ref[keep]
+    # the rescale alone, rows `keep` left as they are
+    K5 = B.rescale_kernel(
+        B.build_kernel(S, 25.0, B.from_numpy(a_ref, like=S), B.from_numpy(g, like=S)),
+        B.from_numpy(row_log, like=S), B.from_numpy(col_log, like=S), keep,
+    )  # fmt: skip
+    np.testing.assert_allclose(host(K5), K4_ref, rtol=2e-6 if dtype == np.float32 else 1e-12, atol=0)
     np.testing.assert_allclose(host(K4), K4_ref, rtol=2e-6 if dtype == np.float32 else 1e-12, atol=0)
     u4_ref, acc4_ref = REF.sweep(K4_ref, v, c)
     np.testing.assert_allclose(host(u4), u4_ref, rtol=tol)

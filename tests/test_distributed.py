@@ -267,13 +267,14 @@ def scenario_comm(rank, group):
     out = []
     dist.all_reduce = counting
     try:
-        for n, k in [(100, 8), (1000, 8), (100, 64)]:
+        for n, k, acc in [(100, 8, "anderson"), (1000, 8, "anderson"), (100, 64, "anderson"), (1000, 8, "newton")]:
             S = make_scores(2 * n, k, seed=k)
             counted.update(bytes=0, calls=0)
             res = sd.solve(
-                shards(S, [n, n], rank), lam=10.0, max_iter=MAX_ITER_COMM, balanced=False, group=group
-            )
-            out.append(dict(n=n, k=k, n_iter=res.n_iter, ours=res.extra["communication"], **counted))
+                shards(S, [n, n], rank), lam=10.0, max_iter=MAX_ITER_COMM, balanced=False, group=group,
+                acceleration=acc,
+            )  # fmt: skip
+            out.append(dict(n=n, k=k, acc=acc, n_iter=res.n_iter, ours=res.extra["communication"], **counted))
     finally:
         dist.all_reduce = original
     return out
@@ -378,7 +379,8 @@ def scenario_default(name, rank, group):
 def scenario_streamed(rank, group):
     """kernel="streamed" across ranks: no kernel stored, the same solve."""
     S, kw = local_problem("eq2", rank)
-    stored = sd.solve(S, kernel="stored", balanced=False, group=group, **kw)
+    # Anderson in both (the stored kernel's default is Newton's steps, which need its curvature)
+    stored = sd.solve(S, kernel="stored", balanced=False, group=group, acceleration="anderson", **kw)
     streamed = sd.solve(S, kernel="streamed", balanced=False, group=group, **kw)
     return dict(stored=summary(stored), streamed=summary(streamed))
 
@@ -651,9 +653,23 @@ def test_warm_start_from_a_distributed_result(session, name):
 
 def test_communication_per_sweep_is_order_k(session):
     """Counted around torch.distributed.all_reduce itself: 8 (K + 3) bytes per sweep and
-    32 bytes per convergence check, whatever the number of points."""
+    32 bytes per convergence check, whatever the number of points (Anderson); a Newton
+    sweep also sums the K x K curvature with the objective: 8 (K^2 + 1) bytes more, and a
+    check, at most once per sweep."""
     for rank in (0, 1):
         runs = ok(session, "comm", rank)
+        newton = [run for run in runs if run["acc"] == "newton"]
+        assert len(newton) == 1
+        run, ours, k = newton[0], newton[0]["ours"], newton[0]["k"]
+        sweeps = ours["calls"]["sweep"]
+        assert ours["bytes"]["sweep"] == sweeps * 8 * (k + 3)
+        anderson = next(r for r in runs if (r["n"], r["k"], r["acc"]) == (run["n"], k, "anderson"))
+        # beyond the set-up exchanges Anderson makes too (a few scalars per absorption):
+        # at least one curvature exchange, at most one per sweep, nothing of size N (1000)
+        extra = ours["bytes"]["setup"] - anderson["ours"]["bytes"]["setup"]
+        assert 8 * (k * k + 1) <= extra <= sweeps * (8 * (k * k + 1) + 64)
+        assert ours["calls"]["decision"] <= 2 * run["n_iter"] + 8
+        runs = [run for run in runs if run["acc"] == "anderson"]
         for run in runs:
             ours = run["ours"]
             assert run["bytes"] == ours["total_bytes"] and run["calls"] == sum(ours["calls"].values())

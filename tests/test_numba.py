@@ -124,7 +124,7 @@ def test_kernel_option_errors():
     S = make_scores(300, 5, seed=11)
     with pytest.raises(ValueError, match="`kernel` must be 'auto', 'stored' or 'streamed'; got 'disk'"):
         sinklabel.solve(S, kernel="disk")
-    with pytest.raises(ValueError, match="`acceleration` must be 'anderson' or None; got 'sor'"):
+    with pytest.raises(ValueError, match="`acceleration` must be 'newton', 'anderson' or None; got 'sor'"):
         sinklabel.solve(S, acceleration="sor")
     pytest.importorskip("torch")
     with pytest.raises(ValueError, match="`kernel='streamed'` is not supported by backend 'torch'"):
@@ -134,11 +134,12 @@ def test_kernel_option_errors():
 # -- acceleration ---------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_anderson_never_worse_than_plain(kind, dtype):
+@pytest.mark.parametrize("acceleration", ["anderson", "newton"])
+def test_acceleration_never_worse_than_plain(kind, dtype, acceleration):
     S = make_scores(2000, 20, kind=kind, seed=12, dtype=dtype)
     for lam in (1.0, 10.0, 25.0, 100.0):
         plain = solve(S, lam, acceleration=None)
-        fast = solve(S, lam)
+        fast = solve(S, lam, acceleration=acceleration)
         assert plain.converged and fast.converged
         assert fast.n_iter <= plain.n_iter
         if lam >= 25:
@@ -146,12 +147,84 @@ def test_anderson_never_worse_than_plain(kind, dtype):
         assert fast.error <= 1e-3
 
 
-def test_anderson_converges_at_lam_1000_where_plain_does_not():
+@pytest.mark.parametrize("acceleration", ["anderson", "newton"])
+def test_acceleration_converges_at_lam_1000_where_plain_does_not(acceleration):
     S = make_scores(3000, 30, seed=0)
     plain = solve(S, 1000.0, acceleration=None, max_iter=3000)
-    fast = solve(S, 1000.0, max_iter=3000)
+    fast = solve(S, 1000.0, max_iter=3000, acceleration=acceleration)
     assert not plain.converged
     assert fast.converged and fast.error <= 1e-3
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_newton_reaches_anderson_s_plan_in_fewer_sweeps(kind, dtype):
+    # the same fixed point (potentials up to the constant both sides may carry), far fewer
+    # evaluations once the error is below Newton's start
+    S = make_scores(20000, 100, kind=kind, seed=5, dtype=dtype)
+    a = solve(S, 25.0, acceleration="anderson", tol=1e-6)
+    n = solve(S, 25.0, acceleration="newton", tol=1e-6)
+    assert a.converged and n.converged and n.error <= 1e-6
+    shift = np.mean(n.log_v - a.log_v)
+    # at error 1e-6 a cluster whose points are all sure of it has its potential known to
+    # ~1e-6 / (its curvature), here up to 2e-4
+    np.testing.assert_allclose(n.log_v - shift, a.log_v, atol=1e-3)
+    np.testing.assert_allclose(n.log_u + shift, a.log_u, atol=1e-3)
+    assert 2 * n.n_iter <= a.n_iter
+
+
+def test_newton_objective_is_the_semi_dual(monkeypatch):
+    # the F each Newton step is judged by: sum_i c_i logsumexp_k(lam S_ik + x_k) - r . x at
+    # the point swept, whatever frame the kernel holds (absorptions happen on the way)
+    from sinklabel import _accel
+
+    S = make_scores(3000, 20, kind="collapsed", seed=6, dtype=np.float64)
+    lam, seen, pending = 25.0, [], []
+    observe, step = _accel.Newton.observe, _accel.Newton.step
+
+    def spy_observe(self, objective, W, mass):
+        pending.append(objective)
+        return observe(self, objective, W, mass)
+
+    def spy_step(self, x, gx, err, mix=True, record=True):
+        if pending:
+            seen.append((pending.pop(), np.array(x)))
+        return step(self, x, gx, err, mix, record)
+
+    monkeypatch.setattr(_accel.Newton, "observe", spy_observe)
+    monkeypatch.setattr(_accel.Newton, "step", spy_step)
+    res = solve(S, lam, tol=1e-8)
+    assert res.converged and len(seen) >= 3
+    c, r = np.full(3000, 1 / 3000), np.full(20, 1 / 20)
+    for F, x in seen:
+        z = lam * S + x
+        top = z.max(axis=1)
+        want = c @ (top + np.log(np.exp(z - top[:, None]).sum(axis=1))) - r @ x
+        assert abs(F - want) <= 1e-9 * (1 + abs(want))
+
+
+def test_newton_hands_over_to_anderson_when_its_steps_fail():
+    from sinklabel._accel import Newton
+
+    # a model where every Newton step raises F and the error: three in a row, then Anderson
+    active = np.ones(3, dtype=bool)
+    r = np.full(3, 1 / 3)
+    mixer = Newton(active, r, memory=3)
+    x = np.zeros(3)
+    gx = x + np.array([0.1, -0.1, 0.0])
+    assert mixer.step(x, gx, err=0.5) is not None and mixer.wants_curvature  # engaged below start
+    W = np.diag([0.1, 0.1, 0.1])
+    mass = np.array([0.4, 0.3, 0.3])
+    F = 1.0
+    for attempt in range(3):
+        mixer.observe(F, W, mass)
+        nxt = mixer.step(x, gx, err=0.5)
+        assert np.all(np.isfinite(nxt))
+        F, x = F + 1.0, nxt  # the next point is worse in F and in the error
+    assert mixer.rejects == 2 and mixer.enabled  # the first step judged nothing
+    mixer.observe(F, W, mass)
+    mixer.step(x, gx, err=0.6)
+    assert not mixer.enabled and not mixer.wants_curvature and mixer.rejects == 3
 
 
 def test_explicit_check_every_turns_acceleration_off():

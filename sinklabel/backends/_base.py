@@ -33,6 +33,16 @@ counts; it supplies:
 ``sweep(Kmat, v, c)``
     The fused iteration: ``u_i = c_i / sum_k Kmat_ik v_k`` (rows exact) and
     ``acc_k = sum_i Kmat_ik u_i``; the column masses of the plan are then ``v * acc``.
+``sweep_hessian(Kmat, v, c, thr)``
+    ``sweep`` that also returns the curvature of the plan's rows, for Newton steps on the
+    column potentials: ``(u, acc, W)`` with ``W`` a host float64 K x K array,
+    ``W = sum_i c_i p_i p_i^T`` over this process's rows (the driver sums it over the
+    processes), each row's entries ``p_ik > thr`` only (``p_i`` the row of
+    the plan divided by its mass ``c_i``; a row with more than ``HESSIAN_CAP`` such entries
+    keeps those above ``1 / HESSIAN_CAP``). The Hessian of the semi-dual at the swept point
+    is ``diag(v * acc) - W`` up to the dropped entries. The default takes ``W`` in row
+    blocks as a dense product (``N K^2`` multiply-adds: cheap on a GPU); a backend may
+    gather the few entries per row instead.
 ``rescale_sweep(Kmat, row_log, col_log, v, c, keep)``
     ``rescale_kernel`` then ``sweep``: an absorption followed by the next sweep; the rows
     ``keep`` (host int64 indices, or None), rebuilt in the new frame already, are not
@@ -47,9 +57,10 @@ counts; it supplies:
     of the previous sweep, so rows of E sum to about 1), returns ``a_i - log sum_k E_ik``
     (rows exact at ``g``) and the column masses ``sum_i c_i E_ik / sum_k E_ik``. No
     N x K array; the driver rescues through ``log_sweep`` if a row overflows.
-``rescale_kernel(Kmat, row_log, col_log)``
-    ``Kmat *= exp(row_log_i + col_log_k)`` in place (below the floor: 0): absorbs the
-    scalings into the kernel's frame without reading the scores.
+``rescale_kernel(Kmat, row_log, col_log, keep)``
+    ``Kmat *= exp(row_log_i + col_log_k)`` in place (below the floor: 0) but for the rows
+    ``keep`` (host int64 indices, or None): absorbs the scalings into the kernel's frame
+    without reading the scores.
 ``adopt(S, device)``
     The scores as the backend computes on them (its library, on ``device``; ``None``:
     where they are, or the host for a numpy array); ``TypeError`` for arrays it cannot
@@ -100,7 +111,11 @@ import numpy as np
 
 from .._arrays import to_host
 
-__all__ = ["Backend", "Scan"]
+__all__ = ["Backend", "Scan", "HESSIAN_CAP"]
+
+#: the most entries of one row that enter ``sweep_hessian``'s curvature (rows with more
+#: keep their entries above 1 / HESSIAN_CAP): bounds its cost at N HESSIAN_CAP^2 / 2
+HESSIAN_CAP = 32
 
 
 @dataclass(frozen=True)
@@ -211,8 +226,10 @@ class Backend:
     def gather(self, S: Any, labels: Any) -> Any:
         raise NotImplementedError
 
-    def rescale_kernel(self, Kmat: Any, row_log: Any, col_log: Any) -> Any:
-        """``Kmat *= exp(row_log_i + col_log_k)`` in place: absorption without the scores.
+    def rescale_kernel(self, Kmat: Any, row_log: Any, col_log: Any, keep: np.ndarray | None = None) -> Any:
+        """``Kmat *= exp(row_log_i + col_log_k)`` in place: absorption without the scores;
+        the rows ``keep`` (host int64 indices, or None: rebuilt in the new frame already) are
+        left as they are.
 
         One read and one write of the kernel, where a rebuild is a pass of ``exp`` over
         the scores. Results below ``exp_floor`` become exactly 0 (entries already 0 stay
@@ -222,6 +239,10 @@ class Backend:
         """
         xp = self.xp
         n, k = Kmat.shape
+        idx = kept = None
+        if keep is not None and keep.size:
+            idx = self.from_numpy(np.ascontiguousarray(keep, dtype=np.int64), like=row_log)
+            kept = Kmat[idx]  # a copy (advanced indexing): at most a fifth of the rows
         thr = float(np.exp(self.exp_floor(np.float32 if Kmat.dtype.itemsize <= 4 else np.float64)))
         col = xp.exp(col_log)
         step = max(1, (1 << 20) // max(k, 1))
@@ -231,20 +252,37 @@ class Backend:
                 x = blk * (xp.exp(row_log[start : start + step])[:, None] * col)  # float64
                 x[~(x >= thr)] = 0.0
                 blk[...] = x
+        if idx is not None:
+            Kmat[idx] = kept
         return Kmat
+
+    def sweep_hessian(self, Kmat: Any, v: Any, c: Any, thr: float) -> tuple[Any, Any, np.ndarray]:
+        """``sweep(Kmat, v, c)`` and ``W = sum_i c_i p_i p_i^T`` over the entries of each
+        row's ``p_i = Kmat_i v / (Kmat_i . v)`` above ``thr`` (above ``1 / HESSIAN_CAP`` in
+        rows with more than ``HESSIAN_CAP`` of them); ``W`` on the host, float64, symmetric.
+        This default: the sweep, then ``W`` in row blocks of float64 (one more read)."""
+        u, acc = self.sweep(Kmat, v, c)
+        n, k = Kmat.shape
+        W: Any = None
+        step = max(1, (1 << 20) // max(k, 1))
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            for start in range(0, n, step):
+                P = Kmat[start : start + step] * v  # float64
+                P /= P.sum(axis=1)[:, None]
+                keep = P > thr
+                wide = keep.sum(axis=1) > HESSIAN_CAP
+                if bool(wide.any()):
+                    keep[wide] = P[wide] > 1.0 / HESSIAN_CAP
+                P[~keep] = 0.0
+                part = P.T @ (P * c[start : start + step, None])
+                W = part if W is None else W + part
+        return u, acc, np.zeros((k, k)) if W is None else self.to_numpy(W)
 
     def rescale_sweep(
         self, Kmat: Any, row_log: Any, col_log: Any, v: Any, c: Any, keep: np.ndarray | None = None
     ) -> tuple[Any, Any]:
-        """``rescale_kernel(Kmat, row_log, col_log)`` but for the rows ``keep``, then
-        ``sweep(Kmat, v, c)``."""
-        if keep is not None and keep.size:
-            idx = self.from_numpy(np.ascontiguousarray(keep, dtype=np.int64), like=row_log)
-            kept = Kmat[idx]  # a copy (advanced indexing): at most a fifth of the rows
-            self.rescale_kernel(Kmat, row_log, col_log)
-            Kmat[idx] = kept
-        else:
-            self.rescale_kernel(Kmat, row_log, col_log)
+        """``rescale_kernel(Kmat, row_log, col_log, keep)``, then ``sweep(Kmat, v, c)``."""
+        self.rescale_kernel(Kmat, row_log, col_log, keep)
         return self.sweep(Kmat, v, c)
 
     # -- small helpers the driver uses (host scalars) ---------------------------------

@@ -280,9 +280,9 @@ class DistributedBackend(Backend):
         self._seen(S)
         return self._local(self.inner.build_kernel, S, lam, a, b, out, dummy=lambda: S)
 
-    def rescale_kernel(self, Kmat: Any, row_log: Any, col_log: Any) -> Any:
+    def rescale_kernel(self, Kmat: Any, row_log: Any, col_log: Any, keep: np.ndarray | None = None) -> Any:
         # the kernel's rows are this rank's; no exchange
-        return self._local(self.inner.rescale_kernel, Kmat, row_log, col_log, dummy=lambda: Kmat)
+        return self._local(self.inner.rescale_kernel, Kmat, row_log, col_log, keep, dummy=lambda: Kmat)
 
     def build_rows(self, S: Any, lam: float, a: Any, b: Any, Kmat: Any, rows: np.ndarray) -> Any:
         # this rank's rows; no exchange
@@ -366,6 +366,20 @@ class DistributedBackend(Backend):
 
     def sweep(self, Kmat: Any, v: Any, c: Any) -> tuple[Any, Any]:
         return self._sweep(self.inner.sweep, Kmat, v, c)
+
+    def sweep_hessian(self, Kmat: Any, v: Any, c: Any, thr: float) -> tuple[Any, Any, np.ndarray]:
+        # the sweep's column sums are exchanged as in sweep; the curvature of this rank's
+        # rows stays here (the driver sums it with the objective in one allsum; a failed
+        # rank adds zeros)
+        k = v.shape[0]
+        out: list = [np.zeros((k, k))]
+
+        def curvature(K: Any, v: Any, c: Any) -> tuple[Any, Any]:
+            u, acc, out[0] = self.inner.sweep_hessian(K, v, c, thr)
+            return u, acc
+
+        u, acc = self._sweep(curvature, Kmat, v, c)
+        return u, acc, out[0]
 
     def rescale_sweep(
         self, Kmat: Any, row_log: Any, col_log: Any, v: Any, c: Any, keep: np.ndarray | None = None

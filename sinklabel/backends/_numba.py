@@ -44,7 +44,7 @@ from numba import njit, prange
 from numba.core import types
 from numba.extending import intrinsic
 
-from ._base import Scan
+from ._base import HESSIAN_CAP, Scan
 from ._numpy import NumpyBackend
 
 __all__ = ["NumbaBackend"]
@@ -142,8 +142,9 @@ def _flush(acc, part):
 
 
 @njit(fastmath=_FAST, nogil=True, cache=True, error_model="numpy")
-def _sweep_rows32(K, vk, c, u, acc, lo, hi, su):
-    """Rows lo..hi, float32: u_i = c_i / (K_i . v) (rows exact), acc += su u_i K_i.
+def _sweep_rows32(K, vk, c, u, acc, lo, hi, su, thr, L):
+    """Rows lo..hi, float32: u_i = c_i / (K_i . v) (rows exact), acc += su u_i K_i; with
+    ``thr >= 0`` also each row's curvature into ``L`` while it is in L1 (``_Curvature``).
 
     ``su`` scales the float32 row factors to about 1 (the caller divides ``acc`` by it):
     with ``u_i`` ~ 1/N the products ``u_i K_ik`` of small kernel entries were subnormal,
@@ -159,6 +160,7 @@ def _sweep_rows32(K, vk, c, u, acc, lo, hi, su):
     """
     k = K.shape[1]
     part = np.zeros(k, dtype=np.float32)
+    flags, idx, val = _curvature_buffers(k, thr)
     count = 0
     i = lo
     while i + 8 <= hi:
@@ -187,6 +189,9 @@ def _sweep_rows32(K, vk, c, u, acc, lo, hi, su):
             part[j] += (r0[j] * a0 + r1[j] * a1 + r2[j] * a2 + r3[j] * a3) + (
                 r4[j] * a4 + r5[j] * a5 + r6[j] * a6 + r7[j] * a7
             )
+        if thr >= 0.0:
+            for r in range(i, i + 8):
+                _curvature_row32(K[r], vk, c[r], u[r], thr, flags, idx, val, L)
         i += 8
         count += 8
         if count >= _FLUSH:
@@ -194,6 +199,8 @@ def _sweep_rows32(K, vk, c, u, acc, lo, hi, su):
             count = 0
     while i < hi:
         u[i] = _sweep_row32(K[i], vk, c[i], su, part)
+        if thr >= 0.0:
+            _curvature_row32(K[i], vk, c[i], u[i], thr, flags, idx, val, L)
         i += 1
     _flush(acc, part)
 
@@ -212,9 +219,10 @@ def _sweep_row32(row, vk, ci, su, part):
 
 
 @njit(fastmath=_FAST, nogil=True, cache=True, error_model="numpy")
-def _sweep_rows64(K, vk, c, u, acc, lo, hi):
+def _sweep_rows64(K, vk, c, u, acc, lo, hi, thr, L):
     """Rows lo..hi in float64 (float64 kernels), four at a time (as ``_sweep_rows32``)."""
     k = K.shape[1]
+    flags, idx, val = _curvature_buffers(k, thr)
     i = lo
     while i + 4 <= hi:
         r0, r1, r2, r3 = K[i], K[i + 1], K[i + 2], K[i + 3]
@@ -229,6 +237,9 @@ def _sweep_rows64(K, vk, c, u, acc, lo, hi):
         u[i], u[i + 1], u[i + 2], u[i + 3] = u0, u1, u2, u3
         for j in range(k):
             acc[j] += r0[j] * u0 + r1[j] * u1 + r2[j] * u2 + r3[j] * u3
+        if thr >= 0.0:
+            for r in range(i, i + 4):
+                _curvature_row64(K[r], vk, c[r], u[r], thr, flags, idx, val, L)
         i += 4
     while i < hi:
         row = K[i]
@@ -239,6 +250,8 @@ def _sweep_rows64(K, vk, c, u, acc, lo, hi):
         u[i] = ui
         for j in range(k):
             acc[j] += row[j] * ui
+        if thr >= 0.0:
+            _curvature_row64(row, vk, c[i], ui, thr, flags, idx, val, L)
         i += 1
 
 
@@ -277,17 +290,104 @@ def _rescale_sweep(K, ra, cb, thr, vk, c, u, n_chunks, su):
 
 
 @njit(parallel=True, fastmath=_FAST, cache=True, error_model="numpy")
-def _sweep(K, vk, c, u, n_chunks, single, su):
+def _sweep(K, vk, c, u, n_chunks, single, su, thr, Ls):
+    """The sweep in ``n_chunks`` row chunks; with ``thr >= 0`` chunk ``t`` adds its rows'
+    curvature into ``Ls[t]`` (then ``Ls`` holds ``n_chunks`` K x K arrays)."""
     n, k = K.shape
     accs = np.zeros((n_chunks, k))
     for t in prange(n_chunks):
         lo = t * n // n_chunks
         hi = (t + 1) * n // n_chunks
+        L = Ls[t] if thr >= 0.0 else Ls[0]
         if single:
-            _sweep_rows32(K, vk, c, u, accs[t], lo, hi, su)
+            _sweep_rows32(K, vk, c, u, accs[t], lo, hi, su, thr, L)
         else:
-            _sweep_rows64(K, vk, c, u, accs[t], lo, hi)
+            _sweep_rows64(K, vk, c, u, accs[t], lo, hi, thr, L)
     return _chunk_sum(accs)
+
+
+# -- the curvature of the rows (Newton steps) ----------------------------------------------
+#
+# A row's curvature ``c_i p_i p_i^T`` is gathered from its few entries ``p_ik > thr``
+# (``HESSIAN_CAP`` at most) right after the sweep made the row exact, while the row is in
+# L1: a vectorised compare writes one flag byte per entry, the flags are scanned eight at
+# a time as 64-bit words (a row keeps ~10 of 1,000), and the kept entries' products go into
+# the lower triangle of a K x K float64 accumulator. ``thr < 0``: no curvature.
+
+
+@njit(nogil=True, cache=True)
+def _curvature_buffers(k, thr):
+    """Flags (K rounded up to whole 64-bit words, the padding 0), indices, values."""
+    m = ((k + 7) // 8) * 8 if thr >= 0.0 else 8
+    return np.zeros(m, dtype=np.uint8), np.empty(m + 1, dtype=np.int64), np.empty(HESSIAN_CAP)
+
+
+@njit(fastmath=_FAST, nogil=True, cache=True, error_model="numpy")
+def _kept(flags, idx):
+    """The indices of the set flags, in order, into ``idx``; their count."""
+    words = flags.view(np.uint64)
+    m = 0
+    for w in range(words.shape[0]):
+        if words[w] != 0:
+            for j in range(8 * w, 8 * w + 8):
+                idx[m] = j
+                m += flags[j]
+    return m
+
+
+@njit(fastmath=_FAST, nogil=True, cache=True, error_model="numpy")
+def _add_curvature(row, vk, ci, f, idx, m, val, L):
+    """``L += c_i p p^T`` (lower triangle) over the ``m`` entries ``idx`` of the row's
+    ``p = row * vk * f``."""
+    for a in range(m):
+        val[a] = np.float64(row[idx[a]]) * vk[idx[a]] * f
+    for a in range(m):
+        wa = ci * val[a]
+        la = L[idx[a]]
+        for b in range(a + 1):
+            la[idx[b]] += wa * val[b]
+
+
+@njit(fastmath=_FAST, nogil=True, cache=True, error_model="numpy")
+def _curvature_row32(row, vk, ci, ui, thr, flags, idx, val, L):
+    """The curvature of one float32 row of the plan just swept (``u_i`` its factor in the
+    sweep's scaled units: ``p_ik = row_k vk_k u_i / c_i`` whatever the scaling)."""
+    if not (ci > 0.0 and ui > 0.0 and ui < np.inf):
+        return
+    f = ui / ci
+    t = np.float32(thr / f)
+    for j in range(row.shape[0]):
+        flags[j] = row[j] * vk[j] > t
+    m = _kept(flags, idx)
+    if m > HESSIAN_CAP:  # a wide row: its entries above 1 / cap (fewer than cap)
+        t = np.float32(1.0 / (HESSIAN_CAP * f))
+        for j in range(row.shape[0]):
+            flags[j] = row[j] * vk[j] > t
+        m = min(_kept(flags, idx), HESSIAN_CAP)
+    _add_curvature(row, vk, ci, f, idx, m, val, L)
+
+
+@njit(fastmath=_FAST, nogil=True, cache=True, error_model="numpy")
+def _curvature_row64(row, vk, ci, ui, thr, flags, idx, val, L):
+    """``_curvature_row32`` for a float64 row."""
+    if not (ci > 0.0 and ui > 0.0 and ui < np.inf):
+        return
+    f = ui / ci
+    t = thr / f
+    for j in range(row.shape[0]):
+        flags[j] = row[j] * vk[j] > t
+    m = _kept(flags, idx)
+    if m > HESSIAN_CAP:
+        t = 1.0 / (HESSIAN_CAP * f)
+        for j in range(row.shape[0]):
+            flags[j] = row[j] * vk[j] > t
+        m = min(_kept(flags, idx), HESSIAN_CAP)
+    _add_curvature(row, vk, ci, f, idx, m, val, L)
+
+
+#: the per-chunk curvature accumulators (K x K float64 each) of ``sweep_hessian`` take at
+#: most this many bytes together (fewer chunks than threads for large K)
+_CURVATURE_BYTES = 1 << 28
 
 
 # -- scan ----------------------------------------------------------------------------------
@@ -529,11 +629,14 @@ def _build(S, lam, a, b, floor, out, n_chunks, single):
 @njit(fastmath=_FAST, nogil=True, cache=True, error_model="numpy")
 def _rescale_rows(K, ra, cb, thr, lo, hi):
     """Rows lo..hi of ``K *= ra cb^T`` in place, in float64 (no subnormal on the way);
-    results below ``thr`` (the floor) become exactly 0, overflows inf."""
+    results below ``thr`` (the floor) become exactly 0, overflows inf; rows whose factor
+    ``ra[i]`` is -1 are left as they are."""
     k = K.shape[1]
     for i in range(lo, hi):
         row = K[i]
         f = ra[i]
+        if f < 0.0:  # -1: a row to keep as it is
+            continue
         for j in range(k):
             y = np.float64(row[j]) * (f * cb[j])
             row[j] = y if y >= thr else 0.0
@@ -844,10 +947,10 @@ class NumbaBackend(NumpyBackend):
             _build_at(S, float(lam), a, b, self.exp_floor(Kmat.dtype), Kmat, rows, chunks, single)
         return Kmat
 
-    def rescale_kernel(self, Kmat, row_log, col_log):
+    def rescale_kernel(self, Kmat, row_log, col_log, keep=None):
         if Kmat.dtype not in (np.float32, np.float64):
-            return super().rescale_kernel(Kmat, row_log, col_log)
-        ra, cb, thr = self._factors(Kmat, row_log, col_log)
+            return super().rescale_kernel(Kmat, row_log, col_log, keep)
+        ra, cb, thr = self._factors(Kmat, row_log, col_log, keep)
         chunks = _chunks(Kmat)
         if chunks > 1:
             _rescale(Kmat, ra, cb, thr, chunks)
@@ -862,9 +965,7 @@ class NumbaBackend(NumpyBackend):
         if Kmat.dtype != np.float32:
             return super().rescale_sweep(Kmat, row_log, col_log, v, c, keep)
         n, k = Kmat.shape
-        ra, cb, thr = self._factors(Kmat, row_log, col_log)
-        if keep is not None:
-            ra[keep] = -1.0  # not rescaled (a factor is never negative)
+        ra, cb, thr = self._factors(Kmat, row_log, col_log, keep)
         u, _, sv, su, vk, chunks = self._operands(Kmat, v, c)
         if chunks > 1:
             acc = _rescale_sweep(Kmat, ra, cb, thr, vk, c, u, chunks, su)
@@ -875,11 +976,14 @@ class NumbaBackend(NumpyBackend):
         acc *= sv / su
         return u, acc
 
-    def _factors(self, Kmat, row_log, col_log):
-        """A rescale's row and column factors (float64) and the kernel's floor."""
+    def _factors(self, Kmat, row_log, col_log, keep=None):
+        """A rescale's row and column factors (float64; -1 for the rows ``keep``, which are
+        not rescaled: a factor is never negative) and the kernel's floor."""
         with np.errstate(over="ignore"):
             ra = np.exp(np.ascontiguousarray(row_log, dtype=np.float64))
             cb = np.exp(np.ascontiguousarray(col_log, dtype=np.float64))
+        if keep is not None:
+            ra[keep] = -1.0
         return ra, cb, math.exp(self.exp_floor(Kmat.dtype))
 
     @staticmethod
@@ -893,20 +997,36 @@ class NumbaBackend(NumpyBackend):
         return np.empty(Kmat.shape[0], dtype=np.float64), single, sv, su, vk, _chunks(Kmat)
 
     def sweep(self, Kmat, v, c):
+        return self._sweep(Kmat, v, c, -1.0)[:2]
+
+    def sweep_hessian(self, Kmat, v, c, thr):
+        return self._sweep(Kmat, v, c, max(float(thr), 0.0))
+
+    def _sweep(self, Kmat, v, c, thr):
+        """The sweep, and with ``thr >= 0`` the rows' curvature ``W`` (None without)."""
         n, k = Kmat.shape
         u, single, sv, su, vk, chunks = self._operands(Kmat, v, c)
+        curvature = thr >= 0.0
+        if curvature and chunks > 1:  # one K x K accumulator per chunk: a chunk per thread
+            chunks = max(1, min(numba.get_num_threads(), n, _CURVATURE_BYTES // (8 * k * k)))
+        Ls = np.zeros((chunks, k, k) if curvature else (1, 1, 1), dtype=Kmat.dtype)
         if chunks > 1:
-            acc = _sweep(Kmat, vk, c, u, chunks, single, su)
+            acc = _sweep(Kmat, vk, c, u, chunks, single, su, thr, Ls)
         else:
             acc = np.zeros(k)
             if single:
-                _sweep_rows32(Kmat, vk, c, u, acc, 0, n, su)
+                _sweep_rows32(Kmat, vk, c, u, acc, 0, n, su, thr, Ls[0])
             else:
-                _sweep_rows64(Kmat, vk, c, u, acc, 0, n)
+                _sweep_rows64(Kmat, vk, c, u, acc, 0, n, thr, Ls[0])
         if single:  # back from the scaled float32 operands: u = sv u', acc = sv acc' / su
             u *= sv
             acc *= sv / su
-        return u, acc
+        if not curvature:
+            return u, acc, None
+        L = Ls.sum(axis=0, dtype=np.float64) if chunks > 1 else Ls[0].astype(np.float64)
+        W = L + L.T  # the lower triangle, mirrored
+        W[np.diag_indices(k)] *= 0.5
+        return u, acc, W
 
     def stream_sweep(self, S, lam, a, g, c):
         if not self._native(S):
