@@ -192,19 +192,22 @@ class Newton:
     ``H = sum_i c_i (diag p_i - p_i p_i^T)`` (``p_i`` the plan's row ``i`` over its mass).
     At the ``lam`` of self-labelling a row keeps only a few clusters of any weight, so
     the sweep at ``x`` gathers ``H`` from those entries too (``Backend.sweep_hessian``)
-    and the K x K system is solved on the host: measured at 200,000 x 1,000, lam 25, from
-    the coarse start's error 0.26 to 1.5e-5 in 5 steps where Anderson takes ~65 sweeps
-    (benchmarks/RESULTS.md).
+    and the K x K system is solved on the host: measured at 200,000 x 1,000, lam 25, 9
+    evaluations to tol 1e-3 where Anderson takes 71, and the quality sweep's medians 2-3x
+    lower at lam 10-100 (benchmarks/RESULTS.md, QUALITY.md).
 
-    Newton starts once the error is below ``start`` (Anderson before). Safeguards. A Levenberg-Marquardt term ``mu diag(H)`` (``mu`` divided by 10 after each
-    accepted step, multiplied by 10 after each rejected one), a step at most ``max_step``
-    long in every coordinate (inside the float32 kernel's frame), and a step is accepted
-    when ``F`` falls (Armijo), or when the marginal error halves and ``F`` rises by no
-    more than its rounding. A rejected step is retried from
-    the last accepted point with the larger ``mu`` (one sweep each); after ``max_fails``
-    rejections in a row, or ``max_rejects`` in all, Newton hands over to Anderson from the
-    best point for the rest of the solve (at ``lam`` = 1000 the plans are nearly integral
-    and ``H`` nearly singular: measured, Newton stalls there).
+    Newton starts once the error is below ``start`` (Anderson before). Safeguards: a
+    Levenberg-Marquardt term ``mu diag(H)`` (``mu`` divided by 10 after each accepted step,
+    multiplied by 10 after each rejected one); a trust radius on the step's largest
+    coordinate (at most ``max_step``, inside the float32 kernel's frame; a quarter of the
+    rejected step after a rejection, doubled after an accepted step that reached it); a
+    step is accepted when ``F`` falls (Armijo), or when the marginal error halves and ``F``
+    rises by no more than its rounding. A rejected step is retried from the last accepted
+    point (one sweep each); after ``max_fails`` rejections in a row, or ``max_rejects`` in
+    all, Newton hands over to Anderson from the best point for the rest of the solve (at
+    ``lam`` = 1000 the plans are nearly integral and the quadratic model holds only near
+    the solution: measured on the quality sweep, handing over early converges in fewer
+    sweeps than insisting).
     """
 
     def __init__(
@@ -226,6 +229,9 @@ class Newton:
         #: entries of a row's ``p_i`` below this stay out of ``H`` (``sweep_hessian``)
         self.thr = float(thr)
         self.max_step = float(max_step)
+        #: the trust radius: a step is at most this long in every coordinate; a quarter of
+        #: the rejected step after a rejection, doubled after an accepted step that hit it
+        self.radius = float(max_step)
         self.mu = float(mu)
         self.mu_min = float(mu_min)
         self.max_fails = int(max_fails)
@@ -280,8 +286,8 @@ class Newton:
         size = float(np.abs(d).max()) if d.size else 0.0
         if not np.isfinite(size):
             return None
-        if size > self.max_step:
-            d *= self.max_step / size
+        if size > self.radius:
+            d *= self.radius / size
         return d
 
     def _propose(self, gx: np.ndarray) -> np.ndarray | None:
@@ -292,6 +298,7 @@ class Newton:
             d = self._step(at["H"], at["grad"])
             if d is not None:
                 at["gd"] = float(at["grad"] @ d)
+                at["d"] = d
                 out = at["gx"].copy()
                 out[self.active] = at["x"][self.active] + d
                 return out
@@ -331,6 +338,7 @@ class Newton:
                 self.rejects += 1
                 self._fails += 1
                 self.mu = max(self.mu * 10.0, 1e-4)
+                self.radius = 0.25 * float(np.abs(at["d"]).max())
                 if self._fails >= self.max_fails or self.rejects >= self.max_rejects:
                     return self._give_up(x, gx, err)
                 retry = self._propose(gx)
@@ -338,6 +346,8 @@ class Newton:
             self.steps += 1
             self._fails = 0
             self.mu = max(self.mu * 0.1, self.mu_min)
+            if float(np.abs(at["d"]).max()) >= 0.99 * self.radius:
+                self.radius = min(2.0 * self.radius, self.max_step)
         act = self.active
         H = -W[np.ix_(act, act)]
         H[np.diag_indices_from(H)] += mass[act]

@@ -11,6 +11,7 @@ import pytest
 import sinklabel
 from sinklabel._arrays import to_host
 from sinklabel.backends import BACKENDS, BackendNotAvailable, get_backend
+from sinklabel.backends._base import Backend
 from sinklabel.problems import make_scores
 
 REF = get_backend("numpy")
@@ -80,6 +81,9 @@ def test_curvature_keeps_at_most_the_cap_per_row(name, dtype):
     ref = curvature_ref(K_np, v, c, 1e-3)
     np.testing.assert_allclose(W, ref, rtol=0, atol=1e-6 * np.abs(ref).max())
     np.testing.assert_allclose(np.diag(W).sum(), 5 * 0.15**2, rtol=1e-5)  # heavy entries only
+    # the contract's default (dense products: what a GPU backend runs) on the same rows
+    _, _, W_dense = Backend.sweep_hessian(B, like, B.from_numpy(v, like=like), B.from_numpy(c, like=like), 1e-3)
+    np.testing.assert_allclose(W_dense, ref, rtol=0, atol=1e-6 * np.abs(ref).max())
 
 
 

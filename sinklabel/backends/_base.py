@@ -42,7 +42,8 @@ counts; it supplies:
     keeps those above ``1 / HESSIAN_CAP``). The Hessian of the semi-dual at the swept point
     is ``diag(v * acc) - W`` up to the dropped entries. The default takes ``W`` in row
     blocks as a dense product (``N K^2`` multiply-adds: cheap on a GPU); a backend may
-    gather the few entries per row instead.
+    gather the few entries per row instead. ``newton_pays(S)`` says whether it is cheap
+    enough here for the driver to take Newton steps (default False).
 ``rescale_sweep(Kmat, row_log, col_log, v, c, keep)``
     ``rescale_kernel`` then ``sweep``: an absorption followed by the next sweep; the rows
     ``keep`` (host int64 indices, or None), rebuilt in the new frame already, are not
@@ -255,6 +256,14 @@ class Backend:
         if idx is not None:
             Kmat[idx] = kept
         return Kmat
+
+    def newton_pays(self, S: Any) -> bool:
+        """Whether ``sweep_hessian`` costs only a few sweeps here, so that Newton's steps
+        (a handful of them where Anderson takes tens of sweeps) pay: where it gathers the
+        few kept entries per row while the row is in cache, or on a GPU, where the dense
+        products of the default are cheap. False by default: the dense default costs
+        ``N K^2`` multiply-adds, 40x a numpy sweep at 200,000 x 1,000 (measured)."""
+        return False
 
     def sweep_hessian(self, Kmat: Any, v: Any, c: Any, thr: float) -> tuple[Any, Any, np.ndarray]:
         """``sweep(Kmat, v, c)`` and ``W = sum_i c_i p_i p_i^T`` over the entries of each

@@ -367,6 +367,10 @@ class DistributedBackend(Backend):
     def sweep(self, Kmat: Any, v: Any, c: Any) -> tuple[Any, Any]:
         return self._sweep(self.inner.sweep, Kmat, v, c)
 
+    def newton_pays(self, S: Any) -> bool:
+        # every rank holds the same kind of shard on the same kind of device
+        return self.inner.newton_pays(S)
+
     def sweep_hessian(self, Kmat: Any, v: Any, c: Any, thr: float) -> tuple[Any, Any, np.ndarray]:
         # the sweep's column sums are exchanged as in sweep; the curvature of this rank's
         # rows stays here (the driver sums it with the objective in one allsum; a failed

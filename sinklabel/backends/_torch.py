@@ -258,6 +258,9 @@ class TorchBackend(Backend):
             acc = torch.mv(Kmat.t(), u.to(Kmat.dtype)).to(torch.float64)
         return u, acc
 
+    def newton_pays(self, S):
+        return bool(S.is_cuda)  # the default's dense float64 products: cheap on a GPU only
+
     def argmax(self, S, lam, g):
         n, k = S.shape
         labels = torch.empty(n, dtype=torch.int64, device=S.device)
