@@ -241,6 +241,14 @@ class Newton:
         #: potentials the first moves are of hundreds, far outside the quadratic model)
         self.start = float(start)
         self._engaged = False
+        #: the next sweep gathers no curvature when the step just proposed, from a fresh
+        #: Hessian, is short (below ``reuse_step``: the Hessian changes little over it) or
+        #: starts from an error below ``reuse_err`` (in Newton's quadratic regime: the next
+        #: sweep likely converges); a step after it takes that Hessian again (once). Such a
+        #: sweep costs ~2 reads less
+        self.reuse_step = 0.5
+        self.reuse_err = 1e-2
+        self._reuse = False
         self.steps = 0  # Newton steps accepted
         self.rejects = 0
         self._fails = 0
@@ -250,9 +258,14 @@ class Newton:
         self._at: dict | None = None
 
     @property
+    def observing(self) -> bool:
+        """Whether the next step needs :meth:`observe` (``F`` and the masses) after the sweep."""
+        return self.enabled and self._engaged
+
+    @property
     def wants_curvature(self) -> bool:
         """Whether the next sweep should gather ``H`` (``Backend.sweep_hessian``)."""
-        return self.enabled and self._engaged
+        return self.observing and not self._reuse
 
     @property
     def restarts(self) -> int:
@@ -262,13 +275,15 @@ class Newton:
     def restarted(self) -> bool:
         return not self.enabled and self.fallback.restarted
 
-    def observe(self, objective: float, W: np.ndarray, mass: np.ndarray) -> None:
-        """The sweep about to be judged: ``F`` there, its ``W`` and column masses."""
+    def observe(self, objective: float, W: np.ndarray | None, mass: np.ndarray) -> None:
+        """The sweep about to be judged: ``F`` there, its ``W`` (None: not gathered, the
+        last Hessian is used again) and column masses."""
         self._curvature = (float(objective), W, np.asarray(mass, dtype=np.float64))
 
     def reset(self) -> None:
         self._at = None
         self._curvature = None
+        self._reuse = False
         self.fallback.reset()
 
     def _step(self, H: np.ndarray, grad: np.ndarray) -> np.ndarray | None:
@@ -325,6 +340,7 @@ class Newton:
         curvature, self._curvature = self._curvature, None
         if curvature is None:  # a log step: no curvature there; the next sweep has it
             self._at = None
+            self._reuse = False
             return gx
         F, W, mass = curvature
         at = self._at
@@ -335,6 +351,7 @@ class Newton:
                 err <= 0.5 * at["err"] and F <= at["F"] + 1e-6 * (1.0 + abs(at["F"]))
             )
             if not (better and np.isfinite(F)):
+                self._reuse = False
                 self.rejects += 1
                 self._fails += 1
                 self.mu = max(self.mu * 10.0, 1e-4)
@@ -349,9 +366,17 @@ class Newton:
             if float(np.abs(at["d"]).max()) >= 0.99 * self.radius:
                 self.radius = min(2.0 * self.radius, self.max_step)
         act = self.active
-        H = -W[np.ix_(act, act)]
-        H[np.diag_indices_from(H)] += mass[act]
+        if W is None:  # a sweep without curvature: the last Hessian again
+            assert at is not None
+            H = at["H"]
+        else:
+            H = -W[np.ix_(act, act)]
+            H[np.diag_indices_from(H)] += mass[act]
         self._at = {"x": np.array(x, dtype=np.float64), "F": F, "err": err, "gx": np.array(gx),
                     "H": H, "grad": mass[act] - self.r[act]}  # fmt: skip
         nxt = self._propose(gx)
-        return self._give_up(x, gx, err) if nxt is None else nxt
+        if nxt is None:
+            return self._give_up(x, gx, err)
+        short = float(np.abs(self._at["d"]).max()) < self.reuse_step
+        self._reuse = W is not None and (short or err < self.reuse_err)
+        return nxt

@@ -204,26 +204,32 @@ class _StoredKernel:
             self.pending = None
             if curvature is None:
                 self.u, self.acc = self.B.rescale_sweep(self.Kmat, row_log, col_log, self.v, self.c, keep)
+                self.W = None
                 return
             self.B.rescale_kernel(self.Kmat, row_log, col_log, keep)  # a pass of its own
+        self.W = None
         if curvature is None:
             self.u, self.acc = self.B.sweep(self.Kmat, self.v, self.c)
         else:
             self.u, self.acc, self.W = self.B.sweep_hessian(self.Kmat, self.v, self.c, curvature)
 
-    def curvature(self, log_c: Any) -> tuple[float, np.ndarray]:
-        """After a sweep that gathered ``W``: the semi-dual objective there,
+    def curvature(self, log_c: Any) -> tuple[float, np.ndarray | None]:
+        """After a sweep: the semi-dual objective there,
         ``sum_i c_i logsumexp_k(lam S_ik + x_k) - r . x`` (``logsumexp_k = log c_i -
-        log u_i - a_i`` in the frame), and ``W``, both summed over the processes in one
-        ``allsum``."""
+        log u_i - a_i`` in the frame), and ``W`` if the sweep gathered it (else None),
+        both summed over the processes in one ``allsum``."""
         B, xp, cols = self.B, self.B.xp, self.cols
         with np.errstate(divide="ignore", invalid="ignore"):
             rows = xp.where(self.c > 0, self.c * (log_c - xp.log(self.u) - self.a), 0.0)
-        k = self.W.shape[0]
-        both = B.allsum(np.append(self.W.ravel(), float(rows.sum())))
+        if self.W is None:
+            total, W = float(B.allsum(np.array([float(rows.sum())]))[0]), None
+        else:
+            k = self.W.shape[0]
+            both = B.allsum(np.append(self.W.ravel(), float(rows.sum())))
+            total, W = float(both[-1]), both[:-1].reshape(k, k)
         x, r = B.to_numpy(self.x), B.to_numpy(cols.r)
         act = r > 0
-        return float(both[-1]) - float(r[act] @ x[act]), both[:-1].reshape(k, k)
+        return total - float(r[act] @ x[act]), W
 
     def plain_move(self) -> None:
         """The plain Sinkhorn step after an unchecked sweep."""
@@ -538,6 +544,7 @@ def iterate(
     mode.anchor(a, g, g_plain)
     while progress.n_iter < max_iter:
         thr = curvature()
+        observing = isinstance(mixer, Newton) and mixer.observing
         if thr is None:
             mode.sweep()
         else:
@@ -558,7 +565,7 @@ def iterate(
             if not B.all_finite(log_ratio):  # a column underflowed: absorb from x
                 rescue_from = forget(mode.x)
             else:
-                if thr is not None:
+                if observing:
                     objective, W = mode.curvature(log_c)
                     mixer.observe(objective, W, B.to_numpy(mass))  # type: ignore[union-attr]
                 x_next = propose(mode.x, mode.x + log_ratio, err)

@@ -223,7 +223,7 @@ def batch_codes(
     a max and one of a sum (K floats each) per iteration.
 
     With ``tol``: the solver of :func:`solve` (``lam = 1 / temperature``, point masses
-    ``1/B``, cluster masses ``1/K``; safeguarded Anderson acceleration, exponents formed in
+    ``1/B``, cluster masses ``1/K``; its acceleration (Newton / Anderson), exponents formed in
     float64) until the cluster masses are within ``tol``, at most ``n_iter`` sweeps. The
     check is then made again on the codes returned, in their dtype, their column sums
     recomputed in float64 over the global batch: a

@@ -8,6 +8,8 @@ shard and combines the *cluster* quantities (length K) over the group. Row quant
 - ``sweep`` (and ``stream_sweep``, ``kernel="streamed"``): ``acc`` (the column masses)
   summed over the ranks, with a count of non-finite ``u`` (``a``): the one exchange of a
   plain iteration, K + 3 floats;
+- ``sweep_hessian``: the sweep's exchange; the curvature of the rank's rows (K x K) is
+  summed by the driver with the objective in one ``allsum`` (K^2 + 1 floats per Newton step);
 - ``log_sweep``: column log-masses combined by log-sum-exp (a MAX, then a SUM of shifted
   exponentials): exact, never overflows;
 - ``scan``: the first bad entry (global row index) and the dead columns (one MIN);
