@@ -120,6 +120,21 @@ class _Columns:
             return self.xp.where(self.active, self.xp.log(self.r / mass), self.zeros)
 
 
+def _objective(B: Backend, rows: float, W: np.ndarray | None, x: Any, cols: _Columns) -> tuple[float, np.ndarray | None]:
+    """``rows - r . x`` and ``W`` (or None), ``rows`` (this process's row terms) and ``W``
+    summed over the processes in one ``allsum``: the semi-dual objective at ``x`` and the
+    curvature."""
+    if W is None:
+        total, out = float(B.allsum(np.array([rows]))[0]), None
+    else:
+        k = W.shape[0]
+        both = B.allsum(np.append(W.ravel(), rows))
+        total, out = float(both[-1]), both[:-1].reshape(k, k)
+    xh, r = B.to_numpy(x), B.to_numpy(cols.r)
+    act = r > 0
+    return total - float(r[act] @ xh[act]), out
+
+
 class _StoredKernel:
     """Sweeps of the stored kernel ``Kmat = exp(lam S + a + b)`` at ``x = b + log v``.
 
@@ -149,6 +164,7 @@ class _StoredKernel:
         self.pending: Any = None
         self.a = self.b = self.x = self.v = self.u = self.acc = None
         self.W: Any = None  # the curvature of the last sweep that gathered it
+        self.c_log_c: float | None = None  # sum_i c_i log c_i (the objective's constant)
         # how far the frame rose since the build: a - min a (rows), b - min b (clusters)
         self.up: Any = None  # e^(a - min a) per row (None: ones), as exp: one product per check
         self.a_up_max = 0.0
@@ -218,18 +234,15 @@ class _StoredKernel:
         ``sum_i c_i logsumexp_k(lam S_ik + x_k) - r . x`` (``logsumexp_k = log c_i -
         log u_i - a_i`` in the frame), and ``W`` if the sweep gathered it (else None),
         both summed over the processes in one ``allsum``."""
-        B, xp, cols = self.B, self.B.xp, self.cols
+        xp = self.B.xp
         with np.errstate(divide="ignore", invalid="ignore"):
-            rows = xp.where(self.c > 0, self.c * (log_c - xp.log(self.u) - self.a), 0.0)
-        if self.W is None:
-            total, W = float(B.allsum(np.array([float(rows.sum())]))[0]), None
-        else:
-            k = self.W.shape[0]
-            both = B.allsum(np.append(self.W.ravel(), float(rows.sum())))
-            total, W = float(both[-1]), both[:-1].reshape(k, k)
-        x, r = B.to_numpy(self.x), B.to_numpy(cols.r)
-        act = r > 0
-        return total - float(r[act] @ x[act]), W
+            if self.c_log_c is None:  # sum_i c_i log c_i, once
+                self.c_log_c = float(xp.where(self.c > 0, self.c * log_c, 0.0).sum())
+            log_u = xp.log(self.u)  # the one N-vector: the sums are dot products
+            if self.massless is not None:
+                log_u[self.massless] = 0.0  # u_i = 0 where c_i = 0
+            rows = self.c_log_c - float(self.c @ log_u) - float(self.c @ self.a)
+        return _objective(self.B, rows, self.W, self.x, self.cols)
 
     def plain_move(self) -> None:
         """The plain Sinkhorn step after an unchecked sweep."""
@@ -412,6 +425,7 @@ class _StreamedKernel:
     def __init__(self, B: Backend, S: Any, lam: float, c: Any, cols: _Columns, tol: float) -> None:
         self.B, self.S, self.lam, self.c, self.cols = B, S, lam, c, cols
         self.a = self.x = self.a_next = self.mass = None
+        self.W: Any = None  # the curvature of the last sweep that gathered it
 
     def log_sweep(self, g: Any, log_c: Any) -> tuple[Any, Any]:
         return self.B.log_sweep(self.S, self.lam, g, log_c)
@@ -420,8 +434,20 @@ class _StreamedKernel:
         """Continue from a log step's rows ``a``, evaluating ``x`` (default ``g_plain``) next."""
         self.a, self.x = a, g_plain if x is None else x
 
-    def sweep(self) -> None:
-        self.a_next, self.mass = self.B.stream_sweep(self.S, self.lam, self.a, self.x, self.c)
+    def sweep(self, curvature: float | None = None) -> None:
+        """Evaluate ``x``; with ``curvature`` also gather ``W`` (``stream_sweep_hessian``)."""
+        if curvature is None:
+            self.a_next, self.mass = self.B.stream_sweep(self.S, self.lam, self.a, self.x, self.c)
+            self.W = None
+        else:
+            self.a_next, self.mass, self.W = self.B.stream_sweep_hessian(
+                self.S, self.lam, self.a, self.x, self.c, curvature
+            )
+
+    def curvature(self, log_c: Any) -> tuple[float, np.ndarray | None]:
+        """As :meth:`_StoredKernel.curvature`; here ``logsumexp_k = -a_next_i``."""
+        # a_next is finite here (the evaluation was): rows of mass 0 add 0
+        return _objective(self.B, -float(self.c @ self.a_next), self.W, self.x, self.cols)
 
     def plain_move(self) -> None:
         cols = self.cols
@@ -488,8 +514,8 @@ def iterate(
 
     ``stream``: no stored kernel (:class:`_StreamedKernel`); absorption then costs nothing
     and no N x K array is allocated. ``on_check(n_iter, err)`` is called at every
-    convergence check. ``newton`` (with ``memory > 0``, the stored kernel and a check at
-    every sweep): the proposals are :class:`sinklabel._accel.Newton`'s steps, each sweep
+    convergence check. ``newton`` (with ``memory > 0`` and a check at every sweep): the
+    proposals are :class:`sinklabel._accel.Newton`'s steps, each sweep
     gathering the curvature they need, with Anderson as the fallback.
     """
     xp = B.xp
@@ -500,7 +526,7 @@ def iterate(
     progress = _Progress(tol, on_check)
     active = B.to_numpy(cols.active).astype(bool)
     mixer: Anderson | Newton | None = None
-    if memory > 0 and newton and not stream and check_every == 1:
+    if memory > 0 and newton and check_every == 1:
         mixer = Newton(active, B.to_numpy(r), memory)
     elif memory > 0:
         mixer = Anderson(active, memory)

@@ -299,9 +299,32 @@ def test_serial_and_parallel_paths_agree(monkeypatch):
         K = B.build_kernel(S, 25.0, a, g)
         u, acc = B.sweep(K, np.ones(40), c)
         a2, mass = B.stream_sweep(S, 25.0, a, g, c)
-        out[serial] = (a, lse, K, u, acc, a2, mass, *B.argmax(S, 25.0, g), B.scan(S).dead_cols)
+        W = B.sweep_hessian(K, np.ones(40), c, 1e-3)[2]
+        W2 = B.stream_sweep_hessian(S, 25.0, a, g, c, 1e-3)[2]
+        out[serial] = (a, lse, K, u, acc, a2, mass, *B.argmax(S, 25.0, g), B.scan(S).dead_cols, W, W2)
     for x, y in zip(out[True], out[False]):
-        np.testing.assert_allclose(x, y, rtol=1e-5)
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", KINDS)
+def test_streamed_curvature_is_the_stored_one(dtype, kind):
+    # the streamed sweep's curvature is that of the plan exp(lam S + a + g) it evaluates:
+    # the same rows, the same W as the reference over that kernel, and its own sweep's masses
+    from tests.test_conformance import curvature_ref
+
+    S = make_scores(900, 30, kind=kind, seed=16, dtype=dtype)
+    c = np.full(900, 1 / 900)
+    g = np.random.default_rng(2).normal(0, 2, 30)
+    a, _ = B.log_sweep(S, 25.0, g, np.log(c))
+    a = a + np.random.default_rng(3).normal(0, 0.5, 900)  # rows off by a little, as between sweeps
+    a_next, mass, W = B.stream_sweep_hessian(S, 25.0, a, g, c, 1e-3)
+    a_ref, mass_ref = B.stream_sweep(S, 25.0, a, g, c)
+    np.testing.assert_array_equal(a_next, a_ref)
+    np.testing.assert_array_equal(mass, mass_ref)
+    E = np.exp(25.0 * S.astype(np.float64) + a[:, None] + g)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(W, curvature_ref(E, np.ones(30), c, 1e-3), rtol=0, atol=tol * np.abs(W).max())
 
 
 # -- the primitives of issue 12 ------------------------------------------------------------------

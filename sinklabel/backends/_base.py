@@ -48,6 +48,9 @@ counts; it supplies:
     ``rescale_kernel`` then ``sweep``: an absorption followed by the next sweep; the rows
     ``keep`` (host int64 indices, or None), rebuilt in the new frame already, are not
     rescaled. The default runs the two; a backend that fuses them reads the kernel once.
+``stream_sweep_hessian(S, lam, a, g, c, thr)`` (only where ``newton_pays(S, stream=True)``)
+    ``stream_sweep`` that also returns the rows' curvature ``W`` as ``sweep_hessian`` does,
+    for Newton steps with ``kernel="streamed"``: ``(a_next, mass, W)``.
 ``argmax(S, lam, g)`` / ``gather(S, labels)``
     Hard labels ``argmax_k (lam S_ik + g_k)`` (the first on ties) with their scores
     ``S[i, labels_i]`` in float64, in one pass: ``(labels, picked)``; and ``S[i, labels_i]``
@@ -224,6 +227,9 @@ class Backend:
     def stream_sweep(self, S: Any, lam: float, a: Any, g: Any, c: Any) -> tuple[Any, Any]:
         raise NotImplementedError
 
+    def stream_sweep_hessian(self, S: Any, lam: float, a: Any, g: Any, c: Any, thr: float) -> tuple[Any, Any, Any]:
+        raise NotImplementedError
+
     def gather(self, S: Any, labels: Any) -> Any:
         raise NotImplementedError
 
@@ -257,12 +263,13 @@ class Backend:
             Kmat[idx] = kept
         return Kmat
 
-    def newton_pays(self, S: Any) -> bool:
+    def newton_pays(self, S: Any, stream: bool = False) -> bool:
         """Whether ``sweep_hessian`` costs only a few sweeps here, so that Newton's steps
         (a handful of them where Anderson takes tens of sweeps) pay: where it gathers the
         few kept entries per row while the row is in cache, or on a GPU, where the dense
         products of the default are cheap. False by default: the dense default costs
-        ``N K^2`` multiply-adds, 40x a numpy sweep at 200,000 x 1,000 (measured)."""
+        ``N K^2`` multiply-adds, 40x a numpy sweep at 200,000 x 1,000 (measured). With
+        ``stream``: whether ``stream_sweep_hessian`` is implemented and pays."""
         return False
 
     def sweep_hessian(self, Kmat: Any, v: Any, c: Any, thr: float) -> tuple[Any, Any, np.ndarray]:

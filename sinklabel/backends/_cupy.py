@@ -298,8 +298,8 @@ class CupyBackend(Backend):
             _build(S, a[:, None], b[None, :], float(lam), float(self.exp_floor(dtype)), out)
         return out
 
-    def newton_pays(self, S):
-        return True  # the default's dense float64 products: cheap on a GPU
+    def newton_pays(self, S, stream=False):
+        return not stream  # the default's dense float64 products: cheap on a GPU
 
     def sweep(self, Kmat, v, c):
         n, k = Kmat.shape

@@ -369,9 +369,9 @@ class DistributedBackend(Backend):
     def sweep(self, Kmat: Any, v: Any, c: Any) -> tuple[Any, Any]:
         return self._sweep(self.inner.sweep, Kmat, v, c)
 
-    def newton_pays(self, S: Any) -> bool:
+    def newton_pays(self, S: Any, stream: bool = False) -> bool:
         # every rank holds the same kind of shard on the same kind of device
-        return self.inner.newton_pays(S)
+        return self.inner.newton_pays(S, stream)
 
     def sweep_hessian(self, Kmat: Any, v: Any, c: Any, thr: float) -> tuple[Any, Any, np.ndarray]:
         # the sweep's column sums are exchanged as in sweep; the curvature of this rank's
@@ -414,13 +414,28 @@ class DistributedBackend(Backend):
         return self.inner.supports_stream
 
     def stream_sweep(self, S: Any, lam: float, a: Any, g: Any, c: Any) -> tuple[Any, Any]:
+        return self._stream_sweep(self.inner.stream_sweep, S, lam, a, g, c)
+
+    def stream_sweep_hessian(self, S: Any, lam: float, a: Any, g: Any, c: Any, thr: float) -> tuple[Any, Any, Any]:
+        # as sweep_hessian: the masses exchanged, this rank's curvature left to the driver
+        k = S.shape[1]
+        out: list = [np.zeros((k, k))]
+
+        def curvature(S: Any, lam: float, a: Any, g: Any, c: Any) -> tuple[Any, Any]:
+            a_next, mass, out[0] = self.inner.stream_sweep_hessian(S, lam, a, g, c, thr)
+            return a_next, mass
+
+        a_next, mass = self._stream_sweep(curvature, S, lam, a, g, c)
+        return a_next, mass, out[0]
+
+    def _stream_sweep(self, fn: Any, S: Any, lam: float, a: Any, g: Any, c: Any) -> tuple[Any, Any]:
         self._seen(S)
         n, k = S.shape
 
         def dummy() -> tuple[Any, Any]:
             return self.inner.full(n, 0.0, like=c), self.inner.full(k, 0.0, like=c)
 
-        a_next, mass = self._local(self.inner.stream_sweep, S, lam, a, g, c, dummy=dummy)
+        a_next, mass = self._local(fn, S, lam, a, g, c, dummy=dummy)
         # as in sweep: the count of non-finite row potentials rides along with the masses
         bad = self.exchange.wire(~self.xp.isfinite(a_next).all()).reshape(1)
         total = self.exchange.reduce(torch.cat([self.exchange.wire(mass), bad]), "sum", "sweep")

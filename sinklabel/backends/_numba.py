@@ -715,14 +715,18 @@ def _expf64(x):
 
 
 @njit(fastmath=_FAST, nogil=True, cache=True, error_model="numpy")
-def _stream_rows32(S, lam, a, g, c, a_next, acc, lo, hi, su):
+def _stream_rows32(S, lam, a, g, c, a_next, acc, lo, hi, su, thr, L):
     """Rows lo..hi of the streamed sweep, float32: E = exp(lam S + a_i + g) on the fly.
 
-    ``acc`` receives ``su`` times the column masses (``su`` as in ``_sweep_rows32``).
+    ``acc`` receives ``su`` times the column masses (``su`` as in ``_sweep_rows32``);
+    with ``thr >= 0`` each row's curvature goes into ``L`` (``_curvature_row32``, the row
+    of ``E`` in L1, ``p_i = E_i / sum E_i``).
     """
     k = S.shape[1]
     buf = np.empty(k, dtype=np.float32)
     part = np.zeros(k, dtype=np.float32)
+    flags, idx, val = _curvature_buffers(k, thr)
+    ones = np.ones(k if thr >= 0.0 else 1, dtype=np.float32)
     lam32 = np.float32(lam)
     count = 0
     for i in range(lo, hi):
@@ -738,6 +742,8 @@ def _stream_rows32(S, lam, a, g, c, a_next, acc, lo, hi, su):
         uk = np.float32(c[i] / s64 * su)
         for j in range(k):
             part[j] += buf[j] * uk
+        if thr >= 0.0:
+            _curvature_row32(buf, ones, c[i], c[i] / s64, thr, flags, idx, val, L)
         count += 1
         if count == _FLUSH:
             _flush(acc, part)
@@ -746,10 +752,12 @@ def _stream_rows32(S, lam, a, g, c, a_next, acc, lo, hi, su):
 
 
 @njit(fastmath=_FAST, nogil=True, cache=True, error_model="numpy")
-def _stream_rows64(S, lam, a, g, c, a_next, acc, lo, hi):
+def _stream_rows64(S, lam, a, g, c, a_next, acc, lo, hi, thr, L):
     """Rows lo..hi of the streamed sweep in float64 (float64 scores)."""
     k = S.shape[1]
     buf = np.empty(k)
+    flags, idx, val = _curvature_buffers(k, thr)
+    ones = np.ones(k if thr >= 0.0 else 1)
     for i in range(lo, hi):
         row = S[i]
         ai = a[i]
@@ -762,20 +770,24 @@ def _stream_rows64(S, lam, a, g, c, a_next, acc, lo, hi):
         ui = c[i] / s
         for j in range(k):
             acc[j] += buf[j] * ui
+        if thr >= 0.0:
+            _curvature_row64(buf, ones, c[i], ui, thr, flags, idx, val, L)
 
 
 @njit(parallel=True, fastmath=_FAST, cache=True, error_model="numpy")
-def _stream(S, lam, a, g, c, a_next, n_chunks, single, su):
+def _stream(S, lam, a, g, c, a_next, n_chunks, single, su, thr, Ls):
+    """The streamed sweep in ``n_chunks`` row chunks (curvature as in ``_sweep``)."""
     n, k = S.shape
     accs = np.zeros((n_chunks, k))
     g32 = g.astype(np.float32)
     for t in prange(n_chunks):
         lo = t * n // n_chunks
         hi = (t + 1) * n // n_chunks
+        L = Ls[t] if thr >= 0.0 else Ls[0]
         if single:
-            _stream_rows32(S, lam, a, g32, c, a_next, accs[t], lo, hi, su)
+            _stream_rows32(S, lam, a, g32, c, a_next, accs[t], lo, hi, su, thr, L)
         else:
-            _stream_rows64(S, lam, a, g, c, a_next, accs[t], lo, hi)
+            _stream_rows64(S, lam, a, g, c, a_next, accs[t], lo, hi, thr, L)
     return _chunk_sum(accs)
 
 
@@ -999,8 +1011,10 @@ class NumbaBackend(NumpyBackend):
     def sweep(self, Kmat, v, c):
         return self._sweep(Kmat, v, c, -1.0)[:2]
 
-    def newton_pays(self, S):
-        return True  # the curvature in the sweep's own read: ~3 sweeps' time (RESULTS.md)
+    def newton_pays(self, S, stream=False):
+        # the curvature in the sweep's own read: ~3 sweeps' time (RESULTS.md); streamed,
+        # numba's own pass over float32 / float64 scores
+        return self._native(S) if stream else True
 
     def sweep_hessian(self, Kmat, v, c, thr):
         return self._sweep(Kmat, v, c, max(float(thr), 0.0))
@@ -1008,11 +1022,8 @@ class NumbaBackend(NumpyBackend):
     def _sweep(self, Kmat, v, c, thr):
         """The sweep, and with ``thr >= 0`` the rows' curvature ``W`` (None without)."""
         n, k = Kmat.shape
-        u, single, sv, su, vk, chunks = self._operands(Kmat, v, c)
-        curvature = thr >= 0.0
-        if curvature and chunks > 1:  # one K x K accumulator per chunk: a chunk per thread
-            chunks = max(1, min(numba.get_num_threads(), n, _CURVATURE_BYTES // (8 * k * k)))
-        Ls = np.zeros((chunks, k, k) if curvature else (1, 1, 1), dtype=Kmat.dtype)
+        u, single, sv, su, vk, _ = self._operands(Kmat, v, c)
+        chunks, Ls = self._curvature_chunks(Kmat, thr)
         if chunks > 1:
             acc = _sweep(Kmat, vk, c, u, chunks, single, su, thr, Ls)
         else:
@@ -1024,33 +1035,58 @@ class NumbaBackend(NumpyBackend):
         if single:  # back from the scaled float32 operands: u = sv u', acc = sv acc' / su
             u *= sv
             acc *= sv / su
-        if not curvature:
-            return u, acc, None
-        L = Ls.sum(axis=0, dtype=np.float64) if chunks > 1 else Ls[0].astype(np.float64)
-        W = L + L.T  # the lower triangle, mirrored
-        W[np.diag_indices(k)] *= 0.5
-        return u, acc, W
+        return u, acc, self._curvature(Ls, thr)
 
     def stream_sweep(self, S, lam, a, g, c):
         if not self._native(S):
             return super().stream_sweep(S, lam, a, g, c)
+        return self._stream_sweep(S, lam, a, g, c, -1.0)[:2]
+
+    def stream_sweep_hessian(self, S, lam, a, g, c, thr):
+        return self._stream_sweep(S, lam, a, g, c, max(float(thr), 0.0))
+
+    def _stream_sweep(self, S, lam, a, g, c, thr):
+        """The streamed sweep, and with ``thr >= 0`` the rows' curvature (None without)."""
         n, k = S.shape
         a_next = np.empty(n, dtype=np.float64)
         g = np.ascontiguousarray(g, dtype=np.float64)
         single = S.dtype == np.float32
         su = _scales(np.ones(1), c)[1] if single else 1.0
-        chunks = _chunks(S)
+        chunks, Ls = self._curvature_chunks(S, thr)
         if chunks > 1:
-            mass = _stream(S, float(lam), a, g, c, a_next, chunks, single, su)
+            mass = _stream(S, float(lam), a, g, c, a_next, chunks, single, su, thr, Ls)
         else:
             mass = np.zeros(k)
             if single:
-                _stream_rows32(S, float(lam), a, g.astype(np.float32), c, a_next, mass, 0, n, su)
+                _stream_rows32(S, float(lam), a, g.astype(np.float32), c, a_next, mass, 0, n, su, thr, Ls[0])
             else:
-                _stream_rows64(S, float(lam), a, g, c, a_next, mass, 0, n)
+                _stream_rows64(S, float(lam), a, g, c, a_next, mass, 0, n, thr, Ls[0])
         if single:
             mass /= su
-        return a_next, mass
+        return a_next, mass, self._curvature(Ls, thr)
+
+    @staticmethod
+    def _curvature_chunks(M, thr):
+        """Row chunks of a pass over ``M`` and its curvature accumulators: with ``thr >= 0``
+        one K x K array (``M``'s float dtype) per chunk, a chunk per thread at most."""
+        n, k = M.shape
+        chunks = _chunks(M)
+        if thr < 0.0:
+            return chunks, np.zeros((1, 1, 1), dtype=M.dtype)
+        if chunks > 1:
+            chunks = max(1, min(numba.get_num_threads(), n, _CURVATURE_BYTES // (M.dtype.itemsize * k * k)))
+        return chunks, np.zeros((chunks, k, k), dtype=M.dtype)
+
+    @staticmethod
+    def _curvature(Ls, thr):
+        """``W`` (float64, symmetric) from the chunks' lower triangles; None without."""
+        if thr < 0.0:
+            return None
+        k = Ls.shape[1]
+        L = Ls.sum(axis=0, dtype=np.float64) if Ls.shape[0] > 1 else Ls[0].astype(np.float64)
+        W = L + L.T  # the lower triangle, mirrored
+        W[np.diag_indices(k)] *= 0.5
+        return W
 
     def argmax(self, S, lam, g):
         if not self._native(S):

@@ -258,8 +258,8 @@ class TorchBackend(Backend):
             acc = torch.mv(Kmat.t(), u.to(Kmat.dtype)).to(torch.float64)
         return u, acc
 
-    def newton_pays(self, S):
-        return bool(S.is_cuda)  # the default's dense float64 products: cheap on a GPU only
+    def newton_pays(self, S, stream=False):
+        return bool(S.is_cuda) and not stream  # the default's dense products: cheap on a GPU only
 
     def argmax(self, S, lam, g):
         n, k = S.shape
