@@ -215,19 +215,14 @@ class _StoredKernel:
     def sweep(self, curvature: float | None = None) -> None:
         """Evaluate ``x``; with ``curvature`` (a threshold) also gather the rows' curvature
         ``W`` for a Newton step (:meth:`Backend.sweep_hessian`)."""
-        if self.pending is not None:
-            row_log, col_log, keep = self.pending
-            self.pending = None
-            if curvature is None:
-                self.u, self.acc = self.B.rescale_sweep(self.Kmat, row_log, col_log, self.v, self.c, keep)
-                self.W = None
-                return
-            self.B.rescale_kernel(self.Kmat, row_log, col_log, keep)  # a pass of its own
+        rescale, self.pending = self.pending, None
         self.W = None
-        if curvature is None:
-            self.u, self.acc = self.B.sweep(self.Kmat, self.v, self.c)
+        if curvature is not None:
+            self.u, self.acc, self.W = self.B.sweep_hessian(self.Kmat, self.v, self.c, curvature, rescale)
+        elif rescale is not None:
+            self.u, self.acc = self.B.rescale_sweep(self.Kmat, *rescale[:2], self.v, self.c, rescale[2])
         else:
-            self.u, self.acc, self.W = self.B.sweep_hessian(self.Kmat, self.v, self.c, curvature)
+            self.u, self.acc = self.B.sweep(self.Kmat, self.v, self.c)
 
     def curvature(self, log_c: Any) -> tuple[float, np.ndarray | None]:
         """After a sweep: the semi-dual objective there,

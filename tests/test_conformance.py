@@ -167,6 +167,14 @@ def test_primitives_match_numpy(name, dtype, kind, n, k):
     u4_ref, acc4_ref = REF.sweep(K4_ref, v, c)
     np.testing.assert_allclose(host(u4), u4_ref, rtol=tol)
     np.testing.assert_allclose(host(acc4), acc4_ref, rtol=tol)
+    # the same absorption inside the sweep that gathers the curvature
+    K6 = B.build_kernel(S, 25.0, B.from_numpy(a_ref, like=S), B.from_numpy(g, like=S))
+    rescale = (B.from_numpy(row_log, like=S), B.from_numpy(col_log, like=S), keep)
+    u6, acc6, W6 = B.sweep_hessian(K6, B.from_numpy(v, like=S), B.from_numpy(c, like=S), 1e-3, rescale)
+    np.testing.assert_allclose(host(K6), K4_ref, rtol=2e-6 if dtype == np.float32 else 1e-12, atol=0)
+    np.testing.assert_allclose(host(u6), u4_ref, rtol=tol)
+    np.testing.assert_allclose(host(acc6), acc4_ref, rtol=tol)
+    np.testing.assert_allclose(W6, curvature_ref(K4_ref, v, c, 1e-3), rtol=0, atol=tol * np.abs(W6).max())
 
     labels, picked = B.argmax(S, 25.0, B.from_numpy(g, like=S))
     labels, picked = host(labels), host(picked)

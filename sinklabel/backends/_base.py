@@ -33,8 +33,8 @@ counts; it supplies:
 ``sweep(Kmat, v, c)``
     The fused iteration: ``u_i = c_i / sum_k Kmat_ik v_k`` (rows exact) and
     ``acc_k = sum_i Kmat_ik u_i``; the column masses of the plan are then ``v * acc``.
-``sweep_hessian(Kmat, v, c, thr)``
-    ``sweep`` that also returns the curvature of the plan's rows, for Newton steps on the
+``sweep_hessian(Kmat, v, c, thr, rescale=None)``
+    ``sweep`` (after an absorption ``rescale``, as ``rescale_sweep``) that also returns the curvature of the plan's rows, for Newton steps on the
     column potentials: ``(u, acc, W)`` with ``W`` a host float64 K x K array,
     ``W = sum_i c_i p_i p_i^T`` over this process's rows (the driver sums it over the
     processes), each row's entries ``p_ik > thr`` only (``p_i`` the row of
@@ -272,11 +272,17 @@ class Backend:
         ``stream``: whether ``stream_sweep_hessian`` is implemented and pays."""
         return False
 
-    def sweep_hessian(self, Kmat: Any, v: Any, c: Any, thr: float) -> tuple[Any, Any, np.ndarray]:
+    def sweep_hessian(
+        self, Kmat: Any, v: Any, c: Any, thr: float, rescale: tuple | None = None
+    ) -> tuple[Any, Any, np.ndarray]:
         """``sweep(Kmat, v, c)`` and ``W = sum_i c_i p_i p_i^T`` over the entries of each
         row's ``p_i = Kmat_i v / (Kmat_i . v)`` above ``thr`` (above ``1 / HESSIAN_CAP`` in
         rows with more than ``HESSIAN_CAP`` of them); ``W`` on the host, float64, symmetric.
-        This default: the sweep, then ``W`` in row blocks of float64 (one more read)."""
+        ``rescale``: ``(row_log, col_log, keep)``, an absorption to apply first, as
+        ``rescale_sweep`` does. This default: ``rescale_kernel``, the sweep, then ``W`` in
+        row blocks of float64 (one more read)."""
+        if rescale is not None:
+            self.rescale_kernel(Kmat, *rescale)
         u, acc = self.sweep(Kmat, v, c)
         n, k = Kmat.shape
         W: Any = None

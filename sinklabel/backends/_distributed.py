@@ -373,7 +373,9 @@ class DistributedBackend(Backend):
         # every rank holds the same kind of shard on the same kind of device
         return self.inner.newton_pays(S, stream)
 
-    def sweep_hessian(self, Kmat: Any, v: Any, c: Any, thr: float) -> tuple[Any, Any, np.ndarray]:
+    def sweep_hessian(
+        self, Kmat: Any, v: Any, c: Any, thr: float, rescale: tuple | None = None
+    ) -> tuple[Any, Any, np.ndarray]:
         # the sweep's column sums are exchanged as in sweep; the curvature of this rank's
         # rows stays here (the driver sums it with the objective in one allsum; a failed
         # rank adds zeros)
@@ -381,7 +383,7 @@ class DistributedBackend(Backend):
         out: list = [np.zeros((k, k))]
 
         def curvature(K: Any, v: Any, c: Any) -> tuple[Any, Any]:
-            u, acc, out[0] = self.inner.sweep_hessian(K, v, c, thr)
+            u, acc, out[0] = self.inner.sweep_hessian(K, v, c, thr, rescale)
             return u, acc
 
         u, acc = self._sweep(curvature, Kmat, v, c)

@@ -256,14 +256,16 @@ def _sweep_rows64(K, vk, c, u, acc, lo, hi, thr, L):
 
 
 @njit(fastmath=_FAST, nogil=True, cache=True, error_model="numpy")
-def _rescale_sweep_rows(K, ra, cb, thr, vk, c, u, acc, lo, hi, su):
+def _rescale_sweep_rows(K, ra, cb, thr, vk, c, u, acc, lo, hi, su, cthr, L):
     """Rows lo..hi of ``_rescale_rows`` and then the sweep of a float32 kernel, in one read:
     each row is rescaled in float64 and written back (below ``thr``: 0; not if its factor
     ``ra[i]`` is -1: a row rebuilt in the new frame already), then, while in L1, its dot
     with ``vk`` and its share of the column sums are taken in float32 (as ``_sweep_rows32``:
-    ``su``, flushes into float64 every ``_FLUSH`` rows)."""
+    ``su``, flushes into float64 every ``_FLUSH`` rows), and with ``cthr >= 0`` its
+    curvature into ``L`` (``_curvature_row32``)."""
     k = K.shape[1]
     part = np.zeros(k, dtype=np.float32)
+    flags, idx, val = _curvature_buffers(k, cthr)
     count = 0
     for i in range(lo, hi):
         row = K[i]
@@ -273,6 +275,8 @@ def _rescale_sweep_rows(K, ra, cb, thr, vk, c, u, acc, lo, hi, su):
                 y = np.float64(row[j]) * (f * cb[j])
                 row[j] = y if y >= thr else 0.0
         u[i] = _sweep_row32(row, vk, c[i], su, part)
+        if cthr >= 0.0:
+            _curvature_row32(row, vk, c[i], u[i], cthr, flags, idx, val, L)
         count += 1
         if count >= _FLUSH:
             _flush(acc, part)
@@ -281,11 +285,14 @@ def _rescale_sweep_rows(K, ra, cb, thr, vk, c, u, acc, lo, hi, su):
 
 
 @njit(parallel=True, fastmath=_FAST, cache=True, error_model="numpy")
-def _rescale_sweep(K, ra, cb, thr, vk, c, u, n_chunks, su):
+def _rescale_sweep(K, ra, cb, thr, vk, c, u, n_chunks, su, cthr, Ls):
+    """``_rescale_sweep_rows`` in ``n_chunks`` row chunks (curvature as in ``_sweep``)."""
     n, k = K.shape
     accs = np.zeros((n_chunks, k))
     for t in prange(n_chunks):
-        _rescale_sweep_rows(K, ra, cb, thr, vk, c, u, accs[t], t * n // n_chunks, (t + 1) * n // n_chunks, su)
+        L = Ls[t] if cthr >= 0.0 else Ls[0]
+        lo, hi = t * n // n_chunks, (t + 1) * n // n_chunks
+        _rescale_sweep_rows(K, ra, cb, thr, vk, c, u, accs[t], lo, hi, su, cthr, L)
     return _chunk_sum(accs)
 
 
@@ -976,17 +983,22 @@ class NumbaBackend(NumpyBackend):
         # its 40 float64 K-does-not-divide-N problems then circles at error 3.5e-3)
         if Kmat.dtype != np.float32:
             return super().rescale_sweep(Kmat, row_log, col_log, v, c, keep)
+        return self._rescale_sweep(Kmat, (row_log, col_log, keep), v, c, -1.0)[:2]
+
+    def _rescale_sweep(self, Kmat, rescale, v, c, thr):
+        """The fused rescale and sweep of a float32 kernel, with ``thr >= 0`` the curvature."""
         n, k = Kmat.shape
-        ra, cb, thr = self._factors(Kmat, row_log, col_log, keep)
-        u, _, sv, su, vk, chunks = self._operands(Kmat, v, c)
+        ra, cb, floor = self._factors(Kmat, *rescale)
+        u, _, sv, su, vk, _ = self._operands(Kmat, v, c)
+        chunks, Ls = self._curvature_chunks(Kmat, thr)
         if chunks > 1:
-            acc = _rescale_sweep(Kmat, ra, cb, thr, vk, c, u, chunks, su)
+            acc = _rescale_sweep(Kmat, ra, cb, floor, vk, c, u, chunks, su, thr, Ls)
         else:
             acc = np.zeros(k)
-            _rescale_sweep_rows(Kmat, ra, cb, thr, vk, c, u, acc, 0, n, su)
+            _rescale_sweep_rows(Kmat, ra, cb, floor, vk, c, u, acc, 0, n, su, thr, Ls[0])
         u *= sv  # back from the scaled float32 operands, as in sweep
         acc *= sv / su
-        return u, acc
+        return u, acc, self._curvature(Ls, thr)
 
     def _factors(self, Kmat, row_log, col_log, keep=None):
         """A rescale's row and column factors (float64; -1 for the rows ``keep``, which are
@@ -1016,8 +1028,13 @@ class NumbaBackend(NumpyBackend):
         # numba's own pass over float32 / float64 scores
         return self._native(S) if stream else True
 
-    def sweep_hessian(self, Kmat, v, c, thr):
-        return self._sweep(Kmat, v, c, max(float(thr), 0.0))
+    def sweep_hessian(self, Kmat, v, c, thr, rescale=None):
+        if rescale is None:
+            return self._sweep(Kmat, v, c, max(float(thr), 0.0))
+        if Kmat.dtype != np.float32:  # as rescale_sweep: the two passes
+            self.rescale_kernel(Kmat, *rescale)
+            return self._sweep(Kmat, v, c, max(float(thr), 0.0))
+        return self._rescale_sweep(Kmat, rescale, v, c, max(float(thr), 0.0))
 
     def _sweep(self, Kmat, v, c, thr):
         """The sweep, and with ``thr >= 0`` the rows' curvature ``W`` (None without)."""
