@@ -617,8 +617,10 @@ def iterate(
 #: thread on the CPU: 134 MB at 4096) and its factorisation K^3 / 3 multiply-adds per step
 NEWTON_MAX_CLUSTERS = 4096
 
-#: the coarse start (:func:`coarse_start`): one point in COARSE_FRACTION, solved to COARSE_TOL
-COARSE_FRACTION = 20
+#: the coarse start (:func:`coarse_start`): one point in COARSE_FRACTION, solved to COARSE_TOL.
+#: 10, not 20 since Newton: its full solve starts closer (fewer moves of the trust radius's
+#: length, fewer absorptions and rebuilds; measured at 200,000 x 1,000, RESULTS.md)
+COARSE_FRACTION = 10
 COARSE_TOL = 0.3
 #: at most this many evaluations of the sample (it is then not used)
 COARSE_MAX_ITER = 60
@@ -652,10 +654,10 @@ def coarse_start(
     Why: from cold potentials the first evaluations move the column potentials by
     hundreds (clusters few points like take ``lam`` times their handicap), far beyond
     the float32 kernel's frame, and each move costs an ``exp`` pass over the scores; the
-    sample makes those moves at a twentieth of the price, so that the full solve starts
+    sample makes those moves at a tenth of the price, so that the full solve starts
     within the frame of its first log step (measured: one ``exp`` pass over the scores
     instead of four to six at 200,000 x 1,000, and fewer evaluations; RESULTS.md).
-    Memory: the sampled rows are copied (N / 20 x K), and their kernel unless ``stream``.
+    Memory: the sampled rows are copied (N / 10 x K), and their kernel unless ``stream``.
     With ``-inf`` scores (``neginf``) the sample is scanned first: a cluster none of its
     points can reach is not tried (one read of the sample).
     """
@@ -673,6 +675,6 @@ def coarse_start(
     neginf = B.allsum(np.array([float(neginf)]))[0] > 0  # any process's scores
     if neginf and B.to_numpy(r)[B.scan(sub).dead_cols].any():
         return None, None
-    # Anderson: Newton's K x K step is not worth it on a sample of N / 20 points (measured)
+    # Anderson: Newton's K x K step is not worth it on a sample (measured at N / 20)
     sol = iterate(B, sub, lam, c_sub / total, r, g0, COARSE_TOL, COARSE_MAX_ITER, 1, memory, stream)
     return (sol.log_v if sol.converged else None), sol

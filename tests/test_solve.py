@@ -385,7 +385,10 @@ def test_coarse_start_is_used_deterministic_and_honest(monkeypatch, caplog):
 @pytest.mark.parametrize("why", ["init", "tol", "plain", "few points"])
 def test_coarse_start_only_for_cold_accelerated_solves(why, monkeypatch, caplog):
     _coarse_everywhere(monkeypatch)
-    S = make_scores(20000 if why != "few points" else 15000, 100, seed=3)
+    from sinklabel._iteration import COARSE_FRACTION, COARSE_POINTS
+
+    few = COARSE_FRACTION * COARSE_POINTS * 100 - 1000  # fewer points per cluster than it needs
+    S = make_scores(20000 if why != "few points" else few, 100, seed=3)
     kw = {"init": np.zeros(100)} if why == "init" else {}
     kw.update({"tol": 0.3} if why == "tol" else {})
     kw.update({"acceleration": None} if why == "plain" else {})
@@ -400,7 +403,9 @@ def test_coarse_start_skips_a_sample_that_misses_a_cluster(monkeypatch, caplog):
     _coarse_everywhere(monkeypatch)
     n, k = 20000, 100
     S = make_scores(n, k, seed=4)
-    sample = np.random.default_rng(0).choice(n, n // 20, replace=False)
+    from sinklabel._iteration import COARSE_FRACTION
+
+    sample = np.random.default_rng(0).choice(n, n // COARSE_FRACTION, replace=False)
     outside = np.setdiff1d(np.arange(n), sample)[:40]
     S[:, 7] = -np.inf
     S[outside, 7] = -1.0
