@@ -238,9 +238,10 @@ def solve(
         ``lam`` 10-100 a handful of sweeps from the coarse start where Anderson takes
         tens. A step that raises both the objective and the error is retried with more
         damping; after three in a row (e.g. at ``lam`` = 1000, where the plan is nearly
-        integral) the solve goes on with Anderson. Used up to 4096 clusters on the
-        backends whose curvature costs a few sweeps (numba, stored or streamed kernel;
-        torch / cupy on a GPU); elsewhere ``"newton"`` means Anderson.
+        integral) the solve goes on with Anderson. Used up to 4096 clusters, with
+        ``K^2 <= 16 N`` (the host's K x K solve then costs about a sweep), on the backends
+        whose curvature costs a few sweeps (numba, stored or streamed kernel; torch / cupy
+        on a GPU); elsewhere ``"newton"`` means Anderson.
         ``"anderson"``: safeguarded Anderson acceleration of the column potentials
         (memory 6), typically 5-15x fewer sweeps than plain Sinkhorn at ``lam`` 10-100;
         a proposal that makes the error worse is dropped and the iteration restarts
@@ -523,7 +524,10 @@ def run(problem: Problem, backend: Backend) -> Result:
     for t, S in enumerate(p.scores):
         r = B.from_numpy(p.cluster_masses[t], like=S)
         g0 = B.from_numpy(args.warm[t], like=S)
-        newton = p.newton and S.shape[1] <= NEWTON_MAX_CLUSTERS and B.newton_pays(S, p.stream)
+        # the host's K x K solve (K^3 / 3) may cost at most a few sweeps' multiply-adds
+        k = S.shape[1]
+        newton = p.newton and k <= NEWTON_MAX_CLUSTERS and k * k <= 16 * p.n_points
+        newton = newton and B.newton_pays(S, p.stream)
         if wants_coarse_start(p.n_points, S.shape[1], args.tol, p.memory, args.warm_given):
             g_coarse, coarse = coarse_start(B, S, lam, c, r, g0, p.memory, p.stream, p.neginf[t])
             if coarse is not None:

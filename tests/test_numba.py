@@ -173,6 +173,19 @@ def test_newton_reaches_anderson_s_plan_in_fewer_sweeps(kind, dtype):
     assert 2 * n.n_iter <= a.n_iter
 
 
+def test_newton_only_where_its_k_by_k_solve_is_cheap():
+    # K^2 > 16 N: the host's K x K solve would outweigh the sweeps it saves; Anderson's
+    # iterations exactly
+    S = make_scores(600, 100, seed=7)
+    assert 100**2 > 16 * 600
+    a = solve(S, 25.0, acceleration="anderson")
+    n = solve(S, 25.0, acceleration="newton")
+    assert a.n_iter == n.n_iter
+    np.testing.assert_array_equal(a.log_v, n.log_v)
+    S = make_scores(1000, 40, seed=7)  # 1600 <= 16000: Newton
+    assert solve(S, 25.0, acceleration="newton").n_iter < solve(S, 25.0, acceleration="anderson").n_iter
+
+
 def test_newton_objective_is_the_semi_dual(monkeypatch):
     # the F each Newton step is judged by: sum_i c_i logsumexp_k(lam S_ik + x_k) - r . x at
     # the point swept, whatever frame the kernel holds (absorptions happen on the way)
