@@ -298,6 +298,12 @@ def part1(device: str, seed: int, budget: Budget) -> Checks:
                     max(eu, ea) <= tol_s,
                     f"rel err u {eu:.1e}, acc {ea:.1e}",
                 )
+                if k <= 1000:  # Newton's sweep: the rows' curvature (dense float64 products here)
+                    _, _, W = B.sweep_hessian(*args, 1e-3)
+                    W_ref = NUMPY.sweep_hessian(K, v, c, 1e-3)[2]
+                    ew = np.abs(W - W_ref).max() / max(np.abs(W_ref).max(), 1e-300)
+                    checks.add(name, f"sweep_hessian n={n} k={k} {np.dtype(dtype).name}",
+                               ew <= 10 * tol_s, f"rel err W {ew:.1e}")  # fmt: skip
 
     # the log step that writes its kernel, and a partial rebuild (the driver's start, rescues
     # and absorptions), against the numpy reference
