@@ -277,7 +277,8 @@ class Newton:
 
     def observe(self, objective: float, W: np.ndarray | None, mass: np.ndarray) -> None:
         """The sweep about to be judged: ``F`` there, its ``W`` (None: not gathered, the
-        last Hessian is used again) and column masses."""
+        last Hessian is used again; taken over: it becomes the Hessian in place) and column
+        masses."""
         self._curvature = (float(objective), W, np.asarray(mass, dtype=np.float64))
 
     def reset(self) -> None:
@@ -369,8 +370,8 @@ class Newton:
         if W is None:  # a sweep without curvature: the last Hessian again
             assert at is not None
             H = at["H"]
-        else:
-            H = -W[np.ix_(act, act)]
+        else:  # W is ours: negated in place when every cluster is active (no K x K copy)
+            H = np.negative(W, out=W) if act.all() else -W[np.ix_(act, act)]
             H[np.diag_indices_from(H)] += mass[act]
         self._at = {"x": np.array(x, dtype=np.float64), "F": F, "err": err, "gx": np.array(gx),
                     "H": H, "grad": mass[act] - self.r[act]}  # fmt: skip

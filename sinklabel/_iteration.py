@@ -124,8 +124,8 @@ def _objective(B: Backend, rows: float, W: np.ndarray | None, x: Any, cols: _Col
     """``rows - r . x`` and ``W`` (or None), ``rows`` (this process's row terms) and ``W``
     summed over the processes in one ``allsum``: the semi-dual objective at ``x`` and the
     curvature."""
-    if W is None:
-        total, out = float(B.allsum(np.array([rows]))[0]), None
+    if W is None or B.exchange is None:  # one process: nothing to sum, no copy of W
+        total, out = float(B.allsum(np.array([rows]))[0]), W
     else:
         k = W.shape[0]
         both = B.allsum(np.append(W.ravel(), rows))

@@ -392,6 +392,14 @@ def _curvature_row64(row, vk, ci, ui, thr, flags, idx, val, L):
     _add_curvature(row, vk, ci, f, idx, m, val, L)
 
 
+@njit(nogil=True, cache=True)
+def _mirror(W):
+    """The lower triangle of the square ``W`` copied onto its upper one, in place."""
+    for i in range(W.shape[0]):
+        for j in range(i):
+            W[j, i] = W[i, j]
+
+
 #: the per-chunk curvature accumulators (K x K float64 each) of ``sweep_hessian`` take at
 #: most this many bytes together (fewer chunks than threads for large K)
 _CURVATURE_BYTES = 1 << 28
@@ -1096,13 +1104,12 @@ class NumbaBackend(NumpyBackend):
 
     @staticmethod
     def _curvature(Ls, thr):
-        """``W`` (float64, symmetric) from the chunks' lower triangles; None without."""
+        """``W`` (float64, symmetric) from the chunks' lower triangles; None without. One
+        K x K float64 array: the triangle is mirrored in place (``_mirror``)."""
         if thr < 0.0:
             return None
-        k = Ls.shape[1]
-        L = Ls.sum(axis=0, dtype=np.float64) if Ls.shape[0] > 1 else Ls[0].astype(np.float64)
-        W = L + L.T  # the lower triangle, mirrored
-        W[np.diag_indices(k)] *= 0.5
+        W = Ls.sum(axis=0, dtype=np.float64) if Ls.shape[0] > 1 else Ls[0].astype(np.float64)
+        _mirror(W)
         return W
 
     def argmax(self, S, lam, g):
