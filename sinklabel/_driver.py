@@ -57,7 +57,7 @@ import numpy as np
 from ._arrays import array_library, hand_back, stack, to_host
 from ._balanced import balance_head, resolve_balanced, uncertified_message
 from ._feasibility import check_feasible
-from ._iteration import COARSE_FRACTION, NEWTON_MAX_CLUSTERS, coarse_start, iterate, wants_coarse_start
+from ._iteration import NEWTON_MAX_CLUSTERS, coarse_fraction, coarse_start, iterate, wants_coarse_start
 from ._result import ConvergenceWarning, HeadResult, Result
 from ._sizes import integer_sizes
 from ._validate import (
@@ -528,12 +528,12 @@ def run(problem: Problem, backend: Backend) -> Result:
         k = S.shape[1]
         newton = p.newton and k <= NEWTON_MAX_CLUSTERS and k * k <= 16 * p.n_points
         newton = newton and B.newton_pays(S, p.stream)
-        if wants_coarse_start(p.n_points, S.shape[1], args.tol, p.memory, args.warm_given):
+        if wants_coarse_start(p.n_points, S.shape[1], args.tol, p.memory, args.warm_given, p.stream):
             g_coarse, coarse = coarse_start(B, S, lam, c, r, g0, p.memory, p.stream, p.neginf[t])
             if coarse is not None:
                 log.info(
                     "head %d: coarse start from 1/%d of the points, %d evaluations, error %.2g%s",
-                    t, COARSE_FRACTION, coarse.n_iter, coarse.error,
+                    t, coarse_fraction(p.stream), coarse.n_iter, coarse.error,
                     "" if g_coarse is not None else " (not used)",
                 )
             if g_coarse is not None:
