@@ -397,7 +397,7 @@ class Problem:
     stream: bool
     check_every: int
     memory: int  # Anderson memory (0: plain Sinkhorn-Knopp)
-    newton: bool  # Newton steps (Anderson the fallback) where the stored kernel is swept
+    newton: bool  # acceleration="newton": Newton steps (Anderson the fallback) where they pay
     neginf: list  # per head: whether the scores (of any process) hold -inf
 
 
@@ -528,7 +528,7 @@ def run(problem: Problem, backend: Backend) -> Result:
         k = S.shape[1]
         newton = p.newton and k <= NEWTON_MAX_CLUSTERS and k * k <= 16 * p.n_points
         newton = newton and B.newton_pays(S, p.stream)
-        if wants_coarse_start(p.n_points, S.shape[1], args.tol, p.memory, args.warm_given, p.stream):
+        if wants_coarse_start(p.n_points, k, args.tol, p.memory, args.warm_given, p.stream):
             g_coarse, coarse = coarse_start(B, S, lam, c, r, g0, p.memory, p.stream, p.neginf[t])
             if coarse is not None:
                 log.info(

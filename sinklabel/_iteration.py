@@ -566,10 +566,7 @@ def iterate(
     while progress.n_iter < max_iter:
         thr = curvature()
         observing = isinstance(mixer, Newton) and mixer.observing
-        if thr is None:
-            mode.sweep()
-        else:
-            mode.sweep(thr)
+        mode.sweep(thr)
         progress.n_iter += 1
         if progress.n_iter % check_every and progress.n_iter < max_iter:  # unchecked sweeps
             mode.plain_move()

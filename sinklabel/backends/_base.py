@@ -34,12 +34,12 @@ counts; it supplies:
     The fused iteration: ``u_i = c_i / sum_k Kmat_ik v_k`` (rows exact) and
     ``acc_k = sum_i Kmat_ik u_i``; the column masses of the plan are then ``v * acc``.
 ``sweep_hessian(Kmat, v, c, thr, rescale=None)``
-    ``sweep`` (after an absorption ``rescale``, as ``rescale_sweep``) that also returns the curvature of the plan's rows, for Newton steps on the
-    column potentials: ``(u, acc, W)`` with ``W`` a host float64 K x K array,
-    ``W = sum_i c_i p_i p_i^T`` over this process's rows (the driver sums it over the
-    processes), each row's entries ``p_ik > thr`` only (``p_i`` the row of
-    the plan divided by its mass ``c_i``; a row with more than ``HESSIAN_CAP`` such entries
-    keeps those above ``1 / HESSIAN_CAP``). The Hessian of the semi-dual at the swept point
+    ``sweep`` (after an absorption ``rescale``, as ``rescale_sweep``) that also returns the
+    curvature of the plan's rows, for Newton steps on the column potentials:
+    ``(u, acc, W)`` with ``W`` a host float64 K x K array, ``W = sum_i c_i p_i p_i^T`` over
+    this process's rows (the driver sums it over the processes), each row's entries
+    ``p_ik > thr`` only (``p_i`` the row of the plan divided by its mass ``c_i``; a row
+    with more than ``HESSIAN_CAP`` such entries keeps those above ``1 / HESSIAN_CAP``). The Hessian of the semi-dual at the swept point
     is ``diag(v * acc) - W`` up to the dropped entries. The default takes ``W`` in row
     blocks as a dense product (``N K^2`` multiply-adds: cheap on a GPU); a backend may
     gather the few entries per row instead. ``newton_pays(S)`` says whether it is cheap

@@ -42,7 +42,7 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, prange
 from numba.core import types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from ._base import HESSIAN_CAP, Scan
 from ._numpy import NumpyBackend
@@ -191,7 +191,7 @@ def _sweep_rows32(K, vk, c, u, acc, lo, hi, su, thr, L):
             )
         if thr >= 0.0:
             for r in range(i, i + 8):
-                _curvature_row32(K[r], vk, c[r], u[r], thr, flags, idx, val, L)
+                _curvature_row(K[r], vk, c[r], u[r], thr, flags, idx, val, L)
         i += 8
         count += 8
         if count >= _FLUSH:
@@ -200,7 +200,7 @@ def _sweep_rows32(K, vk, c, u, acc, lo, hi, su, thr, L):
     while i < hi:
         u[i] = _sweep_row32(K[i], vk, c[i], su, part)
         if thr >= 0.0:
-            _curvature_row32(K[i], vk, c[i], u[i], thr, flags, idx, val, L)
+            _curvature_row(K[i], vk, c[i], u[i], thr, flags, idx, val, L)
         i += 1
     _flush(acc, part)
 
@@ -239,7 +239,7 @@ def _sweep_rows64(K, vk, c, u, acc, lo, hi, thr, L):
             acc[j] += r0[j] * u0 + r1[j] * u1 + r2[j] * u2 + r3[j] * u3
         if thr >= 0.0:
             for r in range(i, i + 4):
-                _curvature_row64(K[r], vk, c[r], u[r], thr, flags, idx, val, L)
+                _curvature_row(K[r], vk, c[r], u[r], thr, flags, idx, val, L)
         i += 4
     while i < hi:
         row = K[i]
@@ -251,7 +251,7 @@ def _sweep_rows64(K, vk, c, u, acc, lo, hi, thr, L):
         for j in range(k):
             acc[j] += row[j] * ui
         if thr >= 0.0:
-            _curvature_row64(row, vk, c[i], ui, thr, flags, idx, val, L)
+            _curvature_row(row, vk, c[i], ui, thr, flags, idx, val, L)
         i += 1
 
 
@@ -262,7 +262,7 @@ def _rescale_sweep_rows(K, ra, cb, thr, vk, c, u, acc, lo, hi, su, cthr, L):
     ``ra[i]`` is -1: a row rebuilt in the new frame already), then, while in L1, its dot
     with ``vk`` and its share of the column sums are taken in float32 (as ``_sweep_rows32``:
     ``su``, flushes into float64 every ``_FLUSH`` rows), and with ``cthr >= 0`` its
-    curvature into ``L`` (``_curvature_row32``)."""
+    curvature into ``L`` (``_curvature_row``)."""
     k = K.shape[1]
     part = np.zeros(k, dtype=np.float32)
     flags, idx, val = _curvature_buffers(k, cthr)
@@ -276,7 +276,7 @@ def _rescale_sweep_rows(K, ra, cb, thr, vk, c, u, acc, lo, hi, su, cthr, L):
                 row[j] = y if y >= thr else 0.0
         u[i] = _sweep_row32(row, vk, c[i], su, part)
         if cthr >= 0.0:
-            _curvature_row32(row, vk, c[i], u[i], cthr, flags, idx, val, L)
+            _curvature_row(row, vk, c[i], u[i], cthr, flags, idx, val, L)
         count += 1
         if count >= _FLUSH:
             _flush(acc, part)
@@ -355,37 +355,32 @@ def _add_curvature(row, vk, ci, f, idx, m, val, L):
             la[idx[b]] += wa * val[b]
 
 
+def _in_dtype_of(row, x):
+    """``x`` as a scalar of ``row``'s dtype (compiled per dtype: float32 compares stay float32)."""
+    return x
+
+
+@overload(_in_dtype_of)
+def _in_dtype_of_impl(row, x):
+    if row.dtype == types.float32:
+        return lambda row, x: np.float32(x)
+    return lambda row, x: np.float64(x)
+
+
 @njit(fastmath=_FAST, nogil=True, cache=True, error_model="numpy")
-def _curvature_row32(row, vk, ci, ui, thr, flags, idx, val, L):
-    """The curvature of one float32 row of the plan just swept (``u_i`` its factor in the
-    sweep's scaled units: ``p_ik = row_k vk_k u_i / c_i`` whatever the scaling)."""
+def _curvature_row(row, vk, ci, ui, thr, flags, idx, val, L):
+    """The curvature of one row of the plan just swept (``u_i`` its factor in the sweep's
+    scaled units: ``p_ik = row_k vk_k u_i / c_i`` whatever the scaling), compared in the
+    row's own dtype."""
     if not (ci > 0.0 and ui > 0.0 and ui < np.inf):
         return
     f = ui / ci
-    t = np.float32(thr / f)
+    t = _in_dtype_of(row, thr / f)
     for j in range(row.shape[0]):
         flags[j] = row[j] * vk[j] > t
     m = _kept(flags, idx)
     if m > HESSIAN_CAP:  # a wide row: its entries above 1 / cap (fewer than cap)
-        t = np.float32(1.0 / (HESSIAN_CAP * f))
-        for j in range(row.shape[0]):
-            flags[j] = row[j] * vk[j] > t
-        m = min(_kept(flags, idx), HESSIAN_CAP)
-    _add_curvature(row, vk, ci, f, idx, m, val, L)
-
-
-@njit(fastmath=_FAST, nogil=True, cache=True, error_model="numpy")
-def _curvature_row64(row, vk, ci, ui, thr, flags, idx, val, L):
-    """``_curvature_row32`` for a float64 row."""
-    if not (ci > 0.0 and ui > 0.0 and ui < np.inf):
-        return
-    f = ui / ci
-    t = thr / f
-    for j in range(row.shape[0]):
-        flags[j] = row[j] * vk[j] > t
-    m = _kept(flags, idx)
-    if m > HESSIAN_CAP:
-        t = 1.0 / (HESSIAN_CAP * f)
+        t = _in_dtype_of(row, 1.0 / (HESSIAN_CAP * f))
         for j in range(row.shape[0]):
             flags[j] = row[j] * vk[j] > t
         m = min(_kept(flags, idx), HESSIAN_CAP)
@@ -734,7 +729,7 @@ def _stream_rows32(S, lam, a, g, c, a_next, acc, lo, hi, su, thr, L):
     """Rows lo..hi of the streamed sweep, float32: E = exp(lam S + a_i + g) on the fly.
 
     ``acc`` receives ``su`` times the column masses (``su`` as in ``_sweep_rows32``);
-    with ``thr >= 0`` each row's curvature goes into ``L`` (``_curvature_row32``, the row
+    with ``thr >= 0`` each row's curvature goes into ``L`` (``_curvature_row``, the row
     of ``E`` in L1, ``p_i = E_i / sum E_i``).
     """
     k = S.shape[1]
@@ -758,7 +753,7 @@ def _stream_rows32(S, lam, a, g, c, a_next, acc, lo, hi, su, thr, L):
         for j in range(k):
             part[j] += buf[j] * uk
         if thr >= 0.0:
-            _curvature_row32(buf, ones, c[i], c[i] / s64, thr, flags, idx, val, L)
+            _curvature_row(buf, ones, c[i], c[i] / s64, thr, flags, idx, val, L)
         count += 1
         if count == _FLUSH:
             _flush(acc, part)
@@ -786,7 +781,7 @@ def _stream_rows64(S, lam, a, g, c, a_next, acc, lo, hi, thr, L):
         for j in range(k):
             acc[j] += buf[j] * ui
         if thr >= 0.0:
-            _curvature_row64(buf, ones, c[i], ui, thr, flags, idx, val, L)
+            _curvature_row(buf, ones, c[i], ui, thr, flags, idx, val, L)
 
 
 @njit(parallel=True, fastmath=_FAST, cache=True, error_model="numpy")
