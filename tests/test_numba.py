@@ -240,6 +240,37 @@ def test_newton_hands_over_to_anderson_when_its_steps_fail():
     assert not mixer.enabled and not mixer.wants_curvature and mixer.rejects == 3
 
 
+@pytest.mark.parametrize("with_scipy", [True, False])
+def test_newton_solve_is_the_lu_answer_and_refuses_indefinite_matrices(with_scipy, monkeypatch):
+    import builtins
+
+    from sinklabel._accel import spd_solve
+
+    if with_scipy:
+        pytest.importorskip("scipy")
+    else:  # as on an install without scipy: numpy's LU
+        real_import = builtins.__import__
+
+        def no_scipy(name, *args, **kwargs):
+            if name.startswith("scipy"):
+                raise ImportError(name)
+            return real_import(name, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "__import__", no_scipy)
+    rng = np.random.default_rng(5)
+    G = rng.normal(size=(40, 60))
+    A = G @ G.T / 60 + 1e-3 * np.eye(40)
+    b = rng.normal(size=40)
+    want = np.linalg.solve(A, b)
+    np.testing.assert_allclose(spd_solve(A.copy(), b), want, rtol=1e-9, atol=1e-12)
+    singular = np.zeros((3, 3))
+    with pytest.raises(np.linalg.LinAlgError):
+        spd_solve(singular, np.ones(3))
+    if with_scipy:  # Cholesky also refuses an indefinite matrix (LU would solve it)
+        with pytest.raises(np.linalg.LinAlgError):
+            spd_solve(np.diag([1.0, -1.0, 2.0]), np.ones(3))
+
+
 def test_explicit_check_every_turns_acceleration_off():
     S = make_scores(2000, 20, seed=13)
     plain = solve(S, acceleration=None, check_every=5)
