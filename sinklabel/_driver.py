@@ -521,65 +521,66 @@ def run(problem: Problem, backend: Backend) -> Result:
     c_host = p.point_masses
     c = B.from_numpy(c_host, like=p.scores[0])
     out_heads, balanced_info = [], []
-    for t, S in enumerate(p.scores):
-        r = B.from_numpy(p.cluster_masses[t], like=S)
-        g0 = B.from_numpy(args.warm[t], like=S)
-        # the host's K x K solve (K^3 / 3) may cost at most a few sweeps' multiply-adds
-        k = S.shape[1]
-        newton = p.newton and k <= NEWTON_MAX_CLUSTERS and k * k <= 16 * p.n_points
-        newton = newton and B.newton_pays(S, p.stream)
-        if wants_coarse_start(p.n_points, k, args.tol, p.memory, args.warm_given, p.stream):
-            g_coarse, coarse = coarse_start(B, S, lam, c, r, g0, p.memory, p.stream, p.neginf[t])
-            if coarse is not None:
-                log.info(
-                    "head %d: coarse start from 1/%d of the points, %d evaluations, error %.2g%s",
-                    t, coarse_fraction(p.stream), coarse.n_iter, coarse.error,
-                    "" if g_coarse is not None else " (not used)",
-                )
-            if g_coarse is not None:
-                g0 = g_coarse
-        on_check = _checks(t, n_heads, args.tol, args.max_iter, args.callback)
-        sol = iterate(
-            B, S, lam, c, r, g0, args.tol, args.max_iter, p.check_every, p.memory, p.stream, on_check,
-            newton=newton,
-        )
-        certified = gap = picked = None
-        if not p.balanced:
-            labels, picked = B.argmax(S, lam, sol.log_v)  # the labels' scores in the same pass
-        elif B.exchange is None:
-            bal = balance_head(B, args.heads[t], S, sol.log_v, lam, p.targets[t], flexible=p.flexible[t])
-            labels, certified, gap = B.from_numpy(bal.labels, like=S), bal.certified, bal.gap
-        else:  # the points are spread over processes: the gather / auction / certificate protocol
-            from ._balanced_ranks import balance_head_over_ranks  # torch.distributed
+    with B.host_work(p.scores[0]):  # e.g. numpy's BLAS on one thread (NumbaBackend.host_work)
+        for t, S in enumerate(p.scores):
+            r = B.from_numpy(p.cluster_masses[t], like=S)
+            g0 = B.from_numpy(args.warm[t], like=S)
+            # the host's K x K solve (K^3 / 3) may cost at most a few sweeps' multiply-adds
+            k = S.shape[1]
+            newton = p.newton and k <= NEWTON_MAX_CLUSTERS and k * k <= 16 * p.n_points
+            newton = newton and B.newton_pays(S, p.stream)
+            if wants_coarse_start(p.n_points, k, args.tol, p.memory, args.warm_given, p.stream):
+                g_coarse, coarse = coarse_start(B, S, lam, c, r, g0, p.memory, p.stream, p.neginf[t])
+                if coarse is not None:
+                    log.info(
+                        "head %d: coarse start from 1/%d of the points, %d evaluations, error %.2g%s",
+                        t, coarse_fraction(p.stream), coarse.n_iter, coarse.error,
+                        "" if g_coarse is not None else " (not used)",
+                    )
+                if g_coarse is not None:
+                    g0 = g_coarse
+            on_check = _checks(t, n_heads, args.tol, args.max_iter, args.callback)
+            sol = iterate(
+                B, S, lam, c, r, g0, args.tol, args.max_iter, p.check_every, p.memory, p.stream, on_check,
+                newton=newton,
+            )
+            certified = gap = picked = None
+            if not p.balanced:
+                labels, picked = B.argmax(S, lam, sol.log_v)  # the labels' scores in the same pass
+            elif B.exchange is None:
+                bal = balance_head(B, args.heads[t], S, sol.log_v, lam, p.targets[t], flexible=p.flexible[t])
+                labels, certified, gap = B.from_numpy(bal.labels, like=S), bal.certified, bal.gap
+            else:  # the points are spread over processes: the gather / auction / certificate protocol
+                from ._balanced_ranks import balance_head_over_ranks  # torch.distributed
 
-            got = balance_head_over_ranks(
-                B.exchange, args.heads[t], sol.log_v, lam, p.targets[t], p.flexible[t], B.counts
+                got = balance_head_over_ranks(
+                    B.exchange, args.heads[t], sol.log_v, lam, p.targets[t], p.flexible[t], B.counts
+                )
+                labels, certified, gap = B.from_numpy(got["labels"], like=S), got["certified"], got["gap"]
+                keys = ("rounds", "points_gathered", "scores_gathered", "status", "root_pairs_bytes")
+                balanced_info.append({key: got.get(key) for key in keys})
+            picked = B.to_numpy(B.gather(S, labels) if picked is None else picked)[c_host > 0]
+            part = np.dot(c_host[c_host > 0], picked) if np.isfinite(picked).all() else -np.inf
+            objective = -float(B.allsum(np.array([part]))[0])  # +inf where a label has S = -inf
+            sizes = B.allsum(np.bincount(B.to_numpy(labels), minlength=S.shape[1]).astype(np.int64))
+            out_heads.append(
+                HeadResult(
+                    labels=hand_back(labels, home),
+                    log_u=hand_back(sol.log_u, home),
+                    log_v=hand_back(sol.log_v, home),
+                    n_iter=sol.n_iter,
+                    converged=sol.converged,
+                    error=float(sol.error),
+                    errors=np.asarray(sol.errors, dtype=np.float64),
+                    objective=objective,
+                    sizes=sizes,
+                    # flexible sizes: the optimiser's choice, i.e. the sizes the labels have
+                    target_sizes=sizes if p.balanced and p.flexible[t] else p.targets[t],
+                    balanced=p.balanced,
+                    certified=certified,
+                    gap=gap,
+                )
             )
-            labels, certified, gap = B.from_numpy(got["labels"], like=S), got["certified"], got["gap"]
-            keys = ("rounds", "points_gathered", "scores_gathered", "status", "root_pairs_bytes")
-            balanced_info.append({key: got.get(key) for key in keys})
-        picked = B.to_numpy(B.gather(S, labels) if picked is None else picked)[c_host > 0]
-        part = np.dot(c_host[c_host > 0], picked) if np.isfinite(picked).all() else -np.inf
-        objective = -float(B.allsum(np.array([part]))[0])  # +inf where a label has S = -inf
-        sizes = B.allsum(np.bincount(B.to_numpy(labels), minlength=S.shape[1]).astype(np.int64))
-        out_heads.append(
-            HeadResult(
-                labels=hand_back(labels, home),
-                log_u=hand_back(sol.log_u, home),
-                log_v=hand_back(sol.log_v, home),
-                n_iter=sol.n_iter,
-                converged=sol.converged,
-                error=float(sol.error),
-                errors=np.asarray(sol.errors, dtype=np.float64),
-                objective=objective,
-                sizes=sizes,
-                # flexible sizes: the optimiser's choice, i.e. the sizes the labels have
-                target_sizes=sizes if p.balanced and p.flexible[t] else p.targets[t],
-                balanced=p.balanced,
-                certified=certified,
-                gap=gap,
-            )
-        )
     uncertified = [t for t, h in enumerate(out_heads) if h.balanced and not h.certified]
     if uncertified:
         warnings.warn(uncertified_message(out_heads, uncertified), ConvergenceWarning, stacklevel=3)

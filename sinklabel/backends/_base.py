@@ -108,6 +108,7 @@ otherwise (how is it combined over ranks?).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -262,6 +263,13 @@ class Backend:
         if idx is not None:
             Kmat[idx] = kept
         return Kmat
+
+    def host_work(self, S: Any) -> contextlib.AbstractContextManager:
+        """The context a solve runs its iteration and labels in. By default nothing
+        changes; a backend whose passes are its own threads, not numpy's BLAS, keeps that
+        BLAS to one thread there (:class:`NumbaBackend`), since the host's BLAS calls (the
+        objective's N-vector dots, Newton's K x K factorisation) are small next to a pass."""
+        return contextlib.nullcontext()
 
     def newton_pays(self, S: Any, stream: bool = False) -> bool:
         """Whether ``sweep_hessian`` costs only a few sweeps here, so that Newton's steps

@@ -369,6 +369,9 @@ class DistributedBackend(Backend):
     def sweep(self, Kmat: Any, v: Any, c: Any) -> tuple[Any, Any]:
         return self._sweep(self.inner.sweep, Kmat, v, c)
 
+    def host_work(self, S: Any) -> Any:
+        return self.inner.host_work(S)
+
     def newton_pays(self, S: Any, stream: bool = False) -> bool:
         # every rank holds the same kind of shard on the same kind of device
         return self.inner.newton_pays(S, stream)

@@ -34,6 +34,7 @@ the passes over ``S``; their kernel is float32 and sweeps at full speed.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
@@ -1025,6 +1026,21 @@ class NumbaBackend(NumpyBackend):
 
     def sweep(self, Kmat, v, c):
         return self._sweep(Kmat, v, c, -1.0)[:2]
+
+    def host_work(self, S):
+        if not self._native(S):  # float16: numpy's passes over S, some of them BLAS
+            return contextlib.nullcontext()
+        # OpenBLAS's workers spin for up to ~0.1 s after each multi-threaded call, and on
+        # a machine with few cores the next parallel pass loses one of them for that long
+        # (measured on 2 cores: a 200,000 x 1,000 sweep took 71 ms right after a 200,000-
+        # element dot, 47 ms alone; a sweep_hessian 209 vs 174 ms after Newton's K x K
+        # solve). The host's BLAS calls are small: one thread for them (threadpoolctl,
+        # installed with the numba extra; without it, nothing changes).
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:
+            return contextlib.nullcontext()
+        return threadpool_limits(limits=1, user_api="blas")
 
     def newton_pays(self, S, stream=False):
         # the curvature in the sweep's own read: ~3 sweeps' time (RESULTS.md); streamed,
