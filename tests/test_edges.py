@@ -334,3 +334,41 @@ def test_version_rule_and_license_are_consistent():
     if torch_meta["Version"].split("+")[0] == pin:
         # the pinned torch's own floor is the project's
         assert torch_meta["Requires-Python"] == floor
+
+
+@pytest.mark.parametrize(
+    "n,balanced,prior,checks",
+    [
+        (2000, True, None, ["balanced sizes"]),  # K divides N: the masses' check is the sizes' / N
+        (2000, False, None, ["cluster masses"]),
+        (2003, True, None, ["cluster masses", "balanced sizes"]),  # sizes N // K or N // K + 1
+        (2000, True, "probability", ["cluster masses", "balanced sizes"]),  # r * N not integer
+    ],
+)
+def test_feasibility_is_checked_once_where_the_two_checks_coincide(n, balanced, prior, checks, monkeypatch):
+    from sinklabel import _driver
+
+    seen = []
+    real = _driver.check_feasible
+
+    def spy(S, lo, c, **kw):
+        seen.append(kw.get("what", "cluster masses"))
+        return real(S, lo, c, **kw)
+
+    monkeypatch.setattr(_driver, "check_feasible", spy)
+    S = make_scores(n, 10, kind="neginf", seed=3)
+    p = None if prior is None else np.linspace(1.0, 2.0, 10) / np.linspace(1.0, 2.0, 10).sum()
+    res = sinklabel.solve(S, 25.0, prior=p, balanced=balanced)
+    assert seen == checks and res.converged
+
+
+def test_the_one_feasibility_check_still_refuses_when_k_divides_n():
+    S = make_scores(2000, 10, kind="neginf", seed=3)
+    S[:, :2] = -np.inf
+    S[:300, :2] = 0.0  # clusters 0-1 need 400 points, 300 reach them
+    with pytest.raises(
+        ValueError,
+        match=r"admit no plan with the balanced sizes: cluster\(s\) \[0, 1\] \(2 cluster\(s\)\) "
+        r"need 400 point\(s\) but only 300 point\(s\) can reach them",
+    ):
+        sinklabel.solve(S, 25.0)
