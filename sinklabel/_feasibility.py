@@ -107,6 +107,70 @@ def check_feasible(
     problem.check()
 
 
+def _pattern_rows(S, w, open_, all_open, target, bits, reach, assign, ok, chunks):
+    """The pass of :meth:`_Problem._read` compiled (numba): per row, the finite entries'
+    bits (``np.packbits`` order), its weight ``w_i`` added to the reach of each of them,
+    and its first allowed cluster from its target on, cyclically (0 and ``ok_i`` False if
+    none); rows in ``chunks`` contiguous chunks, one row of ``reach`` per chunk."""
+    n, k = S.shape
+    full = k // 8
+    for t in prange(chunks):
+        acc = reach[t]
+        for i in range(t * n // chunks, (t + 1) * n // chunks):
+            row = S[i]
+            out = bits[i]
+            for b in range(full):
+                byte = 0
+                for q in range(8):
+                    byte |= np.uint8(row[8 * b + q] > -np.inf) << np.uint8(7 - q)
+                out[b] = byte
+            if full * 8 < k:
+                byte = 0
+                for j in range(full * 8, k):
+                    byte |= np.uint8(row[j] > -np.inf) << np.uint8(7 - (j - full * 8))
+                out[full] = byte
+            wi = w[i]
+            for j in range(k):
+                acc[j] += wi if row[j] > -np.inf else 0.0
+            pick = -1
+            j = target[i]
+            for _ in range(k):
+                if row[j] > -np.inf and (all_open or open_[j]):
+                    pick = j
+                    break
+                j = j + 1 if j + 1 < k else 0
+            assign[i] = pick if pick >= 0 else 0
+            ok[i] = pick >= 0
+
+
+prange = range  # numba.prange in the compiled binding
+_compiled: dict[str, Any] = {}
+
+
+def _compiled_pattern(S: Any) -> Any:
+    """The compiled pass for a numpy float32 / float64 ``S`` when numba is installed, else
+    None (the numpy blocks below: torch, cupy, float16, no numba)."""
+    if not (isinstance(S, np.ndarray) and S.dtype in (np.float32, np.float64)):
+        return None
+    if "pattern" not in _compiled:
+        try:
+            import numba
+        except ImportError:
+            _compiled["pattern"] = None
+        else:
+            from ._auction import _rebind
+
+            env = dict(globals(), prange=numba.prange)
+            _compiled["pattern"] = numba.njit(cache=True, parallel=True)(_rebind(_pattern_rows, env))
+    return _compiled["pattern"]
+
+
+def _threads() -> int:
+    import numba
+
+    return numba.get_num_threads()
+
+
 class _Problem:
     """The pattern, the masses and a current assignment of the point masses."""
 
@@ -132,12 +196,25 @@ class _Problem:
         mid = (np.cumsum(self.c) - self.c / 2) / self.c.sum()
         edges = np.cumsum(self.hi) / self.hi.sum()
         target = np.minimum(np.searchsorted(edges, mid, side="right"), k - 1)
-        cols = np.arange(k)
         self.bits = np.empty((n, (k + 7) // 8), dtype=np.uint8)
         self.reach = np.zeros(k)  # mass of the points that can reach each cluster
         self.assign = np.empty(n, dtype=np.int64)
-        stranded = []
         all_open = bool(open_.all())
+        compiled = _compiled_pattern(S)
+        if compiled is not None:  # one parallel pass, no N x K temporaries
+            chunks = max(1, min(n, 4 * _threads())) if n * k >= 1 << 21 else 1
+            reach = np.zeros((chunks, k))
+            ok = np.empty(n, dtype=np.bool_)
+            weights = np.ones(n) if self.unit is not None else self.c
+            compiled(S, weights, open_, all_open, target, self.bits, reach, self.assign, ok, chunks)
+            self.reach = reach.sum(axis=0)
+            if self.unit is not None:
+                self.reach *= self.unit
+            ok |= self.c == 0  # a massless point needs no cluster
+            self.stranded = np.flatnonzero(~ok)[:_SHOW].tolist()
+            return
+        cols = np.arange(k)
+        stranded = []
         for blk in _row_blocks(n, k):
             X = to_host(S[blk] > -np.inf) if array_library(S) != "numpy" else S[blk] > -np.inf
             X = np.asarray(X, dtype=bool)

@@ -372,3 +372,31 @@ def test_the_one_feasibility_check_still_refuses_when_k_divides_n():
         r"need 400 point\(s\) but only 300 point\(s\) can reach them",
     ):
         sinklabel.solve(S, 25.0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_feasibility_pass_compiled_is_the_numpy_pass(seed, monkeypatch):
+    pytest.importorskip("numba")
+    from sinklabel import _feasibility
+
+    rng = np.random.default_rng(seed)
+    n, k = (3000, 13) if seed % 2 else (700, 64)  # K not / a multiple of 8
+    S = rng.standard_normal((n, k)).astype(np.float32 if seed < 3 else np.float64)
+    S[rng.random((n, k)) < 0.6] = -np.inf
+    S[:5] = -np.inf
+    S[:5, 0] = 1.0  # rows that reach cluster 0 only: stranded where it is closed
+    hi = np.full(k, 1.0)
+    if seed % 3 == 0:
+        hi[0] = 0.0
+    c = np.full(n, 1.0) if seed % 2 else rng.random(n)
+    c[7] = 0.0
+    monkeypatch.setattr(_feasibility, "_compiled_pattern", lambda S: None)
+    ref = _feasibility._Problem(S, hi, hi, c, "scores", "sizes")
+    monkeypatch.undo()
+    assert _feasibility._compiled_pattern(S) is not None
+    got = _feasibility._Problem(S, hi, hi, c, "scores", "sizes")
+    np.testing.assert_array_equal(got.bits, ref.bits)
+    np.testing.assert_array_equal(got.assign, ref.assign)
+    np.testing.assert_allclose(got.reach, ref.reach, rtol=1e-12, atol=0)
+    assert got.stranded == ref.stranded[: len(got.stranded)] and bool(got.stranded) == bool(ref.stranded)
+    assert (ref.stranded[:1] == [0]) == (seed % 3 == 0)  # rows 0-4 reach the closed cluster only
