@@ -485,3 +485,23 @@ def test_partial_rebuild_in_parallel_matches_numpy(dtype):
     want = np.full((n, k), 7.0, dtype=dtype)
     want[rows] = ref.build_kernel(S[rows], 25.0, a[rows], b)
     np.testing.assert_allclose(K, want, rtol=2e-6 if dtype == np.float32 else 1e-12, atol=0)
+
+
+@pytest.mark.parametrize("k", [1, 7, 128, 300])
+def test_argmax_first_of_ties_across_blocks_as_numpy(k):
+    # the compiled argmax reduces blocks of 128 entries: the first maximum must win across
+    # and within blocks, rows of -inf give 0, -inf columns of g never win
+    rng = np.random.default_rng(k)
+    n = 400
+    S = rng.integers(-3, 3, (n, k)).astype(np.float32)  # many exact ties
+    S[::7] = -np.inf
+    S[1::11, -1] = 50.0  # the maximum in the last (partial) block
+    S[2::13, 0] = 50.0
+    S[2::13, -1] = 50.0  # tied first and last: the first
+    g = rng.integers(-2, 2, k).astype(np.float64)
+    if k > 3:
+        g[3] = -np.inf
+    labels, picked = get_backend("numba").argmax(S, 25.0, g)
+    labels_ref, picked_ref = get_backend("numpy").argmax(S, 25.0, g)
+    np.testing.assert_array_equal(labels, labels_ref)
+    np.testing.assert_array_equal(picked, picked_ref)

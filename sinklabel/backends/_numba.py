@@ -45,6 +45,7 @@ from numba import njit, prange
 from numba.core import types
 from numba.extending import intrinsic, overload
 
+from .._auction import _max_numba
 from ._base import HESSIAN_CAP, Scan
 from ._numpy import NumpyBackend
 
@@ -805,21 +806,35 @@ def _stream(S, lam, a, g, c, a_next, n_chunks, single, su, thr, Ls):
 # -- labels --------------------------------------------------------------------------------
 
 
-@njit(nogil=True, cache=True, error_model="numpy")
+#: the argmax's maxima: reassociated (a maximum is exact in any order), no ``contract``:
+#: each value is numpy's product then sum, so the ties are numpy's
+_MAX_ONLY = {"reassoc"}
+#: ``max`` for two NaN-free floats as ``llvm.maximum`` (see ``sinklabel._auction``): a
+#: reduction the loop vectoriser takes, where numba's ``max`` (a compare and a branch) is not
+_fmax = _max_numba()
+_BLOCK = 128
+
+
+@njit(fastmath=_MAX_ONLY, nogil=True, cache=True, error_model="numpy")
 def _argmax_rows(S, lam, g, labels, picked, lo, hi):
-    # no fast-math: the same arithmetic as the numpy reference, so the same ties
-    # the maximum first (a reduction that vectorises), then its first index and its score
+    """Per row: the first index of the maximum of ``lam S_i + g`` and its score. The row's
+    blocks of ``_BLOCK`` entries are reduced on vector registers (scores were scanned: no
+    NaN, and ``lam S + g`` is never ``inf - inf``); the first block holding the maximum,
+    in cache, gives its first index."""
     k = S.shape[1]
     for i in range(lo, hi):
         row = S[i]
         best = -np.inf
-        for j in range(k):
-            best = max(best, np.float64(row[j]) * lam + g[j])
-        arg = 0
-        for j in range(k):
-            if np.float64(row[j]) * lam + g[j] == best:
-                arg = j
-                break
+        at = 0
+        for b0 in range(0, k, _BLOCK):
+            m = -np.inf
+            for j in range(b0, min(b0 + _BLOCK, k)):
+                m = _fmax(m, np.float64(row[j]) * lam + g[j])
+            at = b0 if m > best else at
+            best = _fmax(best, m)
+        arg = at
+        while arg < k - 1 and np.float64(row[arg]) * lam + g[arg] < best:
+            arg += 1
         labels[i] = arg
         picked[i] = row[arg]
 
