@@ -81,11 +81,29 @@ def _f64_from_bits(typingctx, bits):
     return types.float64(bits), codegen
 
 
+@intrinsic
+def _bits_of_f64(typingctx, x):
+    """Reinterpret a float64 as an int64 (inlined LLVM bitcast: vectorises)."""
+    if not (isinstance(x, types.Float) and x.bitwidth == 64):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+
+    return types.int64(x), codegen
+
+
+#: 1.5 * 2^52 + 1023: an integral float64 n in [-1022, 1024] plus this holds n + 1023 (the
+#: biased exponent of 2^n) in its low mantissa bits, with no float -> int conversion
+#: (AVX2 has none for float64 vectors: a loop with one is not vectorised)
+_EXP_SHIFTER = 6755399441055744.0 + 1023.0
+
+
 @njit(fastmath=_EXACT, cache=True, error_model="numpy")
 def _exp(x):
     """exp(x) for float64 x, branch-free: 0 below -708, inf above 709.78, NaN for NaN."""
     xc = min(max(x, -708.0), 709.0)
-    n = math.floor(xc * _LOG2E + 0.5)
+    n = np.floor(xc * _LOG2E + 0.5)  # a float64 (math.floor gives an int64: a conversion)
     r = xc - n * _LN2_HI
     r = r - n * _LN2_LO
     # Taylor to degree 12 on |r| <= ln(2)/2: truncation below 2e-16 relative
@@ -102,11 +120,15 @@ def _exp(x):
     p = p * r + 0.5
     p = p * r + 1.0
     p = p * r + 1.0
-    y = p * _f64_from_bits((np.int64(n) + 1023) << 52)
+    y = p * _f64_from_bits((_bits_of_f64(n + _EXP_SHIFTER) & 2047) << 52)
     y = 0.0 if x < -708.0 else y
     y = math.inf if x > 709.78 else y
     return x if x != x else y
 
+
+#: ``max`` for two NaN-free floats as ``llvm.maximum`` (see ``sinklabel._auction``): a
+#: reduction the loop vectoriser takes, where numba's ``max`` (a compare and a branch) is not
+_fmax = _max_numba()
 
 #: matrices up to this many entries are swept by the calling thread alone: a parallel
 #: region costs a wake-up of every thread, and on a loaded machine a wait for a time slice
@@ -503,7 +525,7 @@ def _log_sweep_rows1(S, lam, g, log_c, a, mass, lo, hi, out, thr):
         row = S[i]
         m = -np.inf
         for j in range(k):
-            m = max(m, np.float64(row[j]) * lam + g[j])
+            m = _fmax(m, np.float64(row[j]) * lam + g[j])  # vectorises (numba's max does not)
         z = 0.0
         for j in range(k):
             e = _exp(np.float64(row[j]) * lam + g[j] - m)
@@ -809,9 +831,6 @@ def _stream(S, lam, a, g, c, a_next, n_chunks, single, su, thr, Ls):
 #: the argmax's maxima: reassociated (a maximum is exact in any order), no ``contract``:
 #: each value is numpy's product then sum, so the ties are numpy's
 _MAX_ONLY = {"reassoc"}
-#: ``max`` for two NaN-free floats as ``llvm.maximum`` (see ``sinklabel._auction``): a
-#: reduction the loop vectoriser takes, where numba's ``max`` (a compare and a branch) is not
-_fmax = _max_numba()
 _BLOCK = 128
 
 
